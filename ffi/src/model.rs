@@ -1,0 +1,143 @@
+//! Models and LoRA adapters.
+
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+
+use llama_cpp_sys_2 as sys;
+
+use crate::{c_path, init_backend, Error, Result};
+
+/// Options for loading a model.
+#[derive(Debug, Clone, Default)]
+pub struct ModelOptions {
+    /// Layers to offload to the GPU (0 on CPU-only builds).
+    pub gpu_layers: u32,
+}
+
+/// A loaded llama.cpp model.
+pub struct Model {
+    ptr: NonNull<sys::llama_model>,
+    path: PathBuf,
+}
+
+// SAFETY: a llama_model is immutable after loading; llama.cpp reads it from
+// several contexts and threads at once.
+unsafe impl Send for Model {}
+// SAFETY: see Send: all access through &Model is read-only in llama.cpp.
+unsafe impl Sync for Model {}
+
+impl Drop for Model {
+    fn drop(&mut self) {
+        // SAFETY: ptr came from llama_model_load_from_file and is freed once;
+        // every Adapter and Session borrowing it has been dropped (lifetimes).
+        unsafe { sys::llama_model_free(self.ptr.as_ptr()) }
+    }
+}
+
+impl Model {
+    /// Load a GGUF model.
+    pub fn load(path: &Path, opts: &ModelOptions) -> Result<Self> {
+        init_backend()?;
+        let cpath = c_path(path)?;
+        // SAFETY: plain value-returning call with no arguments.
+        let mut params = unsafe { sys::llama_model_default_params() };
+        params.n_gpu_layers = opts.gpu_layers.min(i32::MAX as u32) as i32;
+        // SAFETY: cpath is a valid NUL-terminated string that outlives the call.
+        let raw = unsafe { sys::llama_model_load_from_file(cpath.as_ptr(), params) };
+        let ptr = NonNull::new(raw).ok_or_else(|| Error::ModelLoad { path: path.into() })?;
+        Ok(Model {
+            ptr,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The file this model came from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn raw(&self) -> *mut sys::llama_model {
+        self.ptr.as_ptr()
+    }
+
+    fn vocab(&self) -> *const sys::llama_vocab {
+        // SAFETY: the model pointer is valid for &self; the vocab lives as long as the model.
+        unsafe { sys::llama_model_get_vocab(self.ptr.as_ptr()) }
+    }
+
+    /// Vocabulary size.
+    pub fn n_vocab(&self) -> usize {
+        // SAFETY: vocab() is valid while self lives.
+        unsafe { sys::llama_vocab_n_tokens(self.vocab()) }.max(0) as usize
+    }
+
+    /// Tokenize `text`, adding BOS/EOS as the model is configured to when
+    /// `add_special`, and parsing special tokens in the text when `parse_special`.
+    pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<i32>> {
+        let len = i32::try_from(text.len()).map_err(|_| Error::Tokenize("text longer than 2 GiB".into()))?;
+        let mut cap = text.len() + 8;
+        loop {
+            let mut buf = vec![0i32; cap];
+            // SAFETY: text is valid for len bytes; buf has room for cap tokens.
+            let n = unsafe {
+                sys::llama_tokenize(
+                    self.vocab(),
+                    text.as_ptr().cast(),
+                    len,
+                    buf.as_mut_ptr(),
+                    cap as i32,
+                    add_special,
+                    parse_special,
+                )
+            };
+            if n >= 0 {
+                buf.truncate(n as usize);
+                return Ok(buf);
+            }
+            if (-n) as usize <= cap || n == i32::MIN {
+                return Err(Error::Tokenize(format!("llama_tokenize returned {n}")));
+            }
+            cap = (-n) as usize;
+        }
+    }
+
+    /// Load a GGUF LoRA adapter for this model.
+    pub fn load_adapter(&self, path: &Path) -> Result<Adapter<'_>> {
+        let cpath = c_path(path)?;
+        // SAFETY: the model is valid for 'self and the path string outlives the call.
+        let raw = unsafe { sys::llama_adapter_lora_init(self.raw(), cpath.as_ptr()) };
+        let ptr = NonNull::new(raw).ok_or_else(|| Error::AdapterLoad { path: path.into() })?;
+        Ok(Adapter {
+            ptr,
+            path: path.to_path_buf(),
+            _model: PhantomData,
+        })
+    }
+}
+
+/// A LoRA adapter loaded for model `'m`; freed on drop, before its model.
+pub struct Adapter<'m> {
+    ptr: NonNull<sys::llama_adapter_lora>,
+    path: PathBuf,
+    _model: PhantomData<&'m Model>,
+}
+
+impl Adapter<'_> {
+    /// The file this adapter came from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn raw(&self) -> *mut sys::llama_adapter_lora {
+        self.ptr.as_ptr()
+    }
+}
+
+impl Drop for Adapter<'_> {
+    fn drop(&mut self) {
+        // SAFETY: ptr came from llama_adapter_lora_init on a model that outlives
+        // 'm; it is freed once. Sessions that set it borrow it and are gone.
+        unsafe { sys::llama_adapter_lora_free(self.ptr.as_ptr()) }
+    }
+}

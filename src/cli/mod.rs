@@ -1,0 +1,53 @@
+//! Command-line interface: clap structs and one function per subcommand.
+//! Each builds a validated library call; all work happens in the library.
+
+mod convert;
+mod inspect;
+mod output;
+
+use clap::{Parser, Subcommand};
+
+/// Exact PEFT → GGUF LoRA conversion and safety tooling for llama.cpp.
+#[derive(Debug, Parser)]
+#[command(name = "loraguard", version, about, long_about = None)]
+pub struct Cli {
+    /// More logging (-v: info, -vv: debug, includes llama.cpp's log). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// No progress bars or summaries; errors only.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Worker threads (default: the available parallelism).
+    #[arg(long, global = true, value_name = "N")]
+    pub threads: Option<usize>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Convert a PEFT LoRA adapter to a GGUF LoRA that llama.cpp loads with --lora.
+    Convert(convert::ConvertArgs),
+    /// Show what a PEFT adapter or GGUF file holds; with --base, whether an adapter fits.
+    Inspect(inspect::InspectArgs),
+}
+
+/// Parse arguments, run, and return the process exit code.
+pub fn run() -> i32 {
+    let cli = Cli::parse();
+    output::init_logging(cli.verbose, cli.quiet);
+    if let Some(n) = cli.threads {
+        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global() {
+            tracing::warn!("could not size the thread pool: {e}");
+        }
+    }
+    let ui = output::Ui::new(cli.verbose, cli.quiet);
+    let result = match cli.command {
+        Command::Convert(args) => convert::run(args, &ui),
+        Command::Inspect(args) => inspect::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => output::report_error(&e),
+    }
+}

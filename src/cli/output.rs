@@ -1,0 +1,103 @@
+//! Logging, progress bars and error reporting for the CLI.
+
+use std::io::{IsTerminal, Write};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use loraguard::Error;
+
+/// Exit codes.
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_INTERNAL: i32 = 1;
+pub const EXIT_BAD_INPUT: i32 = 2;
+
+/// Route logs (ours and llama.cpp's) to stderr through tracing.
+pub fn init_logging(verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (_, 0) => "warn,llama.cpp=off,llama_cpp_2=off",
+        (_, 1) => "info,llama.cpp=warn,llama_cpp_2=warn",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+}
+
+/// What the user sees besides data on stdout.
+pub struct Ui {
+    /// Progress bars: only on a terminal, never with -q or -v (so they never
+    /// interleave with log lines).
+    pub progress: bool,
+    pub quiet: bool,
+}
+
+impl Ui {
+    pub fn new(verbose: u8, quiet: bool) -> Self {
+        Ui {
+            progress: !quiet && verbose == 0 && std::io::stderr().is_terminal(),
+            quiet,
+        }
+    }
+
+    /// A progress bar over `total` steps, hidden when progress is off.
+    pub fn bar(&self, msg: &'static str) -> ProgressBar {
+        if !self.progress {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} ({elapsed})")
+                .expect("static template is valid")
+                .progress_chars("=> "),
+        );
+        bar.set_message(msg);
+        bar
+    }
+
+    /// A line for stderr unless quiet.
+    pub fn say(&self, line: &str) {
+        if !self.quiet {
+            let _ = writeln!(std::io::stderr(), "{line}");
+        }
+    }
+}
+
+/// Print an error with its causes and hint; return the exit code.
+pub fn report_error(e: &anyhow::Error) -> i32 {
+    let mut err = std::io::stderr();
+    let _ = writeln!(err, "error: {e}");
+    for cause in e.chain().skip(1) {
+        let _ = writeln!(err, "  caused by: {cause}");
+    }
+    if let Some(lib) = e.downcast_ref::<Error>() {
+        if let Error::Mismatch { problems, .. } = lib {
+            for p in problems {
+                let _ = writeln!(err, "  - {p}");
+            }
+        }
+        if let Some(h) = lib.hint() {
+            let _ = writeln!(err, "hint: {h}");
+        }
+        return if lib.is_bad_input() { EXIT_BAD_INPUT } else { EXIT_INTERNAL };
+    }
+    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+        if io.kind() == std::io::ErrorKind::BrokenPipe {
+            return EXIT_OK;
+        }
+    }
+    EXIT_INTERNAL
+}
+
+/// Write `text` to stdout; a closed pipe is not an error.
+pub fn print_stdout(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}

@@ -1,0 +1,159 @@
+//! `loraguard convert`: PEFT LoRA to GGUF LoRA, exactly.
+//!
+//! The ΔW llama.cpp applies (`scale = user_scale · alpha / rank`, rank read
+//! from each `lora_b`) equals PEFT's (`lora_alpha / r`, or `/ √r` with
+//! rsLoRA, with `rank_pattern` and `alpha_pattern` per module): per-module
+//! differences are baked into `lora_b` (see [`plan::effective_b_factor`]).
+
+mod build;
+mod plan;
+mod write;
+
+use std::path::{Path, PathBuf};
+
+pub use build::{build, BuiltPair};
+pub use plan::{effective_b_factor, plan, Plan, Target, TargetPart};
+pub use write::write_gguf;
+
+use crate::base::BaseModel;
+use crate::error::{Error, Result};
+use crate::gguf::GgmlType;
+use crate::matrix::SourceDtype;
+use crate::peft::{PeftAdapter, UnsupportedTensor};
+
+/// `--outtype`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutType {
+    F32,
+    F16,
+    BF16,
+    Q8_0,
+    /// The highest-fidelity 16-bit type for the source dtype.
+    Auto,
+}
+
+impl OutType {
+    /// Parse `f32|f16|bf16|q8_0|auto`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "f32" => OutType::F32,
+            "f16" => OutType::F16,
+            "bf16" => OutType::BF16,
+            "q8_0" => OutType::Q8_0,
+            "auto" => OutType::Auto,
+            _ => return None,
+        })
+    }
+
+    /// The concrete type: `auto` is BF16 for BF16 sources and F16 for F16
+    /// and F32 sources (F16 keeps 3 more mantissa bits than BF16; values
+    /// beyond F16's range fall back to F32 per tensor).
+    pub fn resolve(self, sources: &[SourceDtype]) -> GgmlType {
+        match self {
+            OutType::F32 => GgmlType::F32,
+            OutType::F16 => GgmlType::F16,
+            OutType::BF16 => GgmlType::BF16,
+            OutType::Q8_0 => GgmlType::Q8_0,
+            OutType::Auto if sources.iter().all(|d| *d == SourceDtype::BF16) => GgmlType::BF16,
+            OutType::Auto => GgmlType::F16,
+        }
+    }
+}
+
+/// Options for [`convert`].
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    pub outtype: OutType,
+    /// Leave out tensors the GGUF LoRA format cannot carry, and list them.
+    pub drop_unsupported: bool,
+    /// Validate and plan only; write nothing.
+    pub dry_run: bool,
+}
+
+/// A tensor written in another type than requested, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fallback {
+    pub tensor: String,
+    pub requested: GgmlType,
+    pub written: GgmlType,
+    pub reason: String,
+}
+
+/// What a conversion did.
+#[derive(Debug, Clone)]
+pub struct ConvertReport {
+    pub adapter: PathBuf,
+    pub base: PathBuf,
+    pub output: Option<PathBuf>,
+    pub architecture: String,
+    pub alpha: f32,
+    pub outtype: GgmlType,
+    /// Number of GGUF LoRA pairs.
+    pub targets: usize,
+    /// Pairs whose PEFT scale was baked into `lora_b`.
+    pub baked: usize,
+    pub dropped: Vec<UnsupportedTensor>,
+    pub fallbacks: Vec<Fallback>,
+    pub transforms: Vec<String>,
+    pub source_sha256: Option<String>,
+    pub bytes_written: u64,
+}
+
+/// Convert the PEFT adapter at `adapter_path` for the base model at
+/// `base_path`, writing a GGUF LoRA to `out` (atomically) unless dry-run.
+/// `progress` is called with (done, total) targets.
+pub fn convert(
+    adapter_path: &Path,
+    base_path: &Path,
+    out: Option<&Path>,
+    opts: &ConvertOptions,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<ConvertReport> {
+    let adapter = PeftAdapter::open(adapter_path)?;
+    let base = BaseModel::open(base_path)?;
+    let plan = plan(&adapter, &base, opts.drop_unsupported)?;
+    let outtype = opts.outtype.resolve(&adapter.dtypes());
+    let mut report = ConvertReport {
+        adapter: adapter.dir.clone(),
+        base: base_path.to_path_buf(),
+        output: None,
+        architecture: base.arch.name.to_string(),
+        alpha: plan.alpha,
+        outtype,
+        targets: plan.targets.len(),
+        baked: plan.baked,
+        dropped: plan.dropped.clone(),
+        fallbacks: Vec::new(),
+        transforms: transforms(&plan),
+        source_sha256: None,
+        bytes_written: 0,
+    };
+    if opts.dry_run {
+        adapter.check_finite()?;
+        report.fallbacks = write::planned_fallbacks(&plan, outtype);
+        return Ok(report);
+    }
+    let out = out.ok_or_else(|| Error::Usage("an output path is required unless --dry-run".into()))?;
+    write_gguf(&adapter, &base, &plan, outtype, out, progress, &mut report)?;
+    report.output = Some(out.to_path_buf());
+    Ok(report)
+}
+
+/// The transforms applied, recorded in `loraguard.transforms`.
+fn transforms(plan: &Plan) -> Vec<String> {
+    let mut t = Vec::new();
+    let any = |f: &dyn Fn(&TargetPart) -> bool| plan.targets.iter().any(|x| x.parts.iter().any(f));
+    if any(&|p| p.permute_heads.is_some()) {
+        t.push("llama_qk_row_permutation_on_lora_b".to_string());
+    }
+    if plan.baked > 0 {
+        t.push("peft_scale_baked_into_lora_b".to_string());
+    }
+    if plan.targets.iter().any(|x| x.parts.len() > 1 || x.parts.iter().any(|p| p.row_offset > 0)) {
+        t.push("fused_block_diagonal_concatenated_rank".to_string());
+    }
+    if plan.targets.iter().any(|x| x.kind == crate::peft::PairKind::Embedding) {
+        t.push("token_embd_lora_a_transposed".to_string());
+    }
+    t
+}

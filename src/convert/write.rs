@@ -1,0 +1,186 @@
+//! Streaming the planned targets into a GGUF LoRA file.
+
+use std::io::{Seek, SeekFrom, Write};
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use super::build::build;
+use super::plan::{Plan, Target};
+use super::{ConvertReport, Fallback};
+use crate::atomic::AtomicFile;
+use crate::base::BaseModel;
+use crate::error::{Error, Result};
+use crate::gguf::{GgmlType, GgufWriter, MetaValue, TensorDesc};
+use crate::peft::{PairKind, PeftAdapter};
+use crate::quant::{encode_into, fits_f16};
+
+/// Metadata key holding the source's sha256 (patched after streaming).
+pub const SHA_KEY: &str = "loraguard.source.sha256";
+
+/// ggml `ne` of a target's `lora_a` and `lora_b`.
+fn shapes(t: &Target) -> ([u64; 2], [u64; 2]) {
+    let (r, din, dout) = (t.rank as u64, t.d_in as u64, t.d_out as u64);
+    match t.kind {
+        PairKind::Linear => ([din, r], [r, dout]),
+        PairKind::Embedding => ([r, din], [r, dout]),
+    }
+}
+
+/// The type each tensor is written in: Q8_0 needs rows that are whole
+/// 32-element blocks, otherwise that tensor falls back to F16.
+fn tensor_type(requested: GgmlType, ne0: u64) -> (GgmlType, Option<String>) {
+    if requested == GgmlType::Q8_0 && ne0 % 32 != 0 {
+        (
+            GgmlType::F16,
+            Some(format!("row length {ne0} is not a multiple of Q8_0's 32-element block")),
+        )
+    } else {
+        (requested, None)
+    }
+}
+
+/// Tensor descriptors and the fallbacks they imply.
+fn descriptors(plan: &Plan, outtype: GgmlType) -> (Vec<TensorDesc>, Vec<Fallback>) {
+    let mut descs = Vec::with_capacity(plan.targets.len() * 2);
+    let mut fallbacks = Vec::new();
+    for t in &plan.targets {
+        let (ne_a, ne_b) = shapes(t);
+        for (suffix, ne) in [("lora_a", ne_a), ("lora_b", ne_b)] {
+            let name = format!("{}.{suffix}", t.tensor);
+            let (ty, why) = tensor_type(outtype, ne[0]);
+            if let Some(reason) = why {
+                fallbacks.push(Fallback {
+                    tensor: name.clone(),
+                    requested: outtype,
+                    written: ty,
+                    reason,
+                });
+            }
+            descs.push(TensorDesc {
+                name,
+                ty,
+                ne: ne.to_vec(),
+            });
+        }
+    }
+    (descs, fallbacks)
+}
+
+/// The fallbacks a conversion to `outtype` will make (for `--dry-run`).
+pub fn planned_fallbacks(plan: &Plan, outtype: GgmlType) -> Vec<Fallback> {
+    descriptors(plan, outtype).1
+}
+
+fn metadata(adapter: &PeftAdapter, base: &BaseModel, plan: &Plan, transforms: &[String]) -> Vec<(String, MetaValue)> {
+    let s = |v: &str| MetaValue::Str(v.to_string());
+    let mut m = vec![
+        ("general.architecture".to_string(), s(base.arch.name)),
+        ("general.type".to_string(), s("adapter")),
+        ("adapter.type".to_string(), s("lora")),
+        ("adapter.lora.alpha".to_string(), MetaValue::F32(plan.alpha)),
+    ];
+    if let Some(name) = adapter.dir.file_name().and_then(|n| n.to_str()) {
+        m.push(("general.name".to_string(), s(name)));
+    }
+    if let Some(tokens) = &adapter.config.alora_invocation_tokens {
+        m.push(("adapter.alora.invocation_tokens".to_string(), MetaValue::ArrU32(tokens.clone())));
+    }
+    if let Some(b) = &adapter.config.base_model_name_or_path {
+        m.push(("general.base_model.0.name".to_string(), s(b)));
+    }
+    m.push(("loraguard.version".to_string(), s(env!("CARGO_PKG_VERSION"))));
+    m.push(("loraguard.source.file".to_string(), s(
+        adapter.weights_path.file_name().and_then(|n| n.to_str()).unwrap_or("adapter_model.safetensors"),
+    )));
+    m.push((SHA_KEY.to_string(), s(&"0".repeat(64))));
+    m.push(("loraguard.peft.r".to_string(), MetaValue::U32(adapter.config.r as u32)));
+    m.push(("loraguard.peft.lora_alpha".to_string(), MetaValue::F32(adapter.config.lora_alpha as f32)));
+    m.push(("loraguard.peft.use_rslora".to_string(), MetaValue::Bool(adapter.config.use_rslora)));
+    m.push(("loraguard.transforms".to_string(), MetaValue::ArrStr(transforms.to_vec())));
+    m
+}
+
+/// Build and encode one target's two tensors.
+fn encode_target(adapter: &PeftAdapter, t: &Target, ty_a: GgmlType, ty_b: GgmlType) -> Result<(Vec<u8>, Vec<u8>)> {
+    let built = build(adapter, t)?;
+    let mut out = Vec::with_capacity(2);
+    for (m, ty, suffix) in [(&built.a, ty_a, "lora_a"), (&built.b, ty_b, "lora_b")] {
+        if ty == GgmlType::F16 && !fits_f16(&m.data) {
+            return Err(Error::Unsupported {
+                path: adapter.weights_path.clone(),
+                feature: format!("{}.{suffix} has values beyond F16's range (±65504)", t.tensor),
+                hint: Some("use --outtype f32 or --outtype bf16".into()),
+            });
+        }
+        let mut bytes = Vec::new();
+        if !encode_into(ty, &m.data, &mut bytes) {
+            return Err(Error::Internal(format!("no encoder for {ty}")));
+        }
+        out.push(bytes);
+    }
+    let b = out.pop().expect("two tensors encoded");
+    let a = out.pop().expect("two tensors encoded");
+    Ok((a, b))
+}
+
+/// Write the plan to `out` atomically; fills the report's fallbacks, hash
+/// and size.
+pub fn write_gguf(
+    adapter: &PeftAdapter,
+    base: &BaseModel,
+    plan: &Plan,
+    outtype: GgmlType,
+    out: &Path,
+    progress: &(dyn Fn(usize, usize) + Sync),
+    report: &mut ConvertReport,
+) -> Result<()> {
+    let (descs, fallbacks) = descriptors(plan, outtype);
+    let types: Vec<GgmlType> = descs.iter().map(|d| d.ty).collect();
+    let meta = metadata(adapter, base, plan, &report.transforms);
+    let io = |e: std::io::Error| Error::io(out, e);
+    let mut file = AtomicFile::create(out)?;
+    let total = plan.targets.len();
+    let chunk = rayon::current_num_threads().max(1) * 2;
+
+    let (sha, sha_offset) = std::thread::scope(|scope| -> Result<(String, u64)> {
+        let hasher = scope.spawn(|| adapter.sha256());
+        let mut gw = GgufWriter::start(file.writer(), &meta, descs).map_err(io)?;
+        let sha_offset = gw
+            .string_value_offset(SHA_KEY)
+            .ok_or_else(|| Error::Internal("sha256 placeholder missing".into()))?;
+        let mut done = 0;
+        for (ci, targets) in plan.targets.chunks(chunk).enumerate() {
+            let encoded: Vec<Result<(Vec<u8>, Vec<u8>)>> = targets
+                .par_iter()
+                .enumerate()
+                .map(|(j, t)| {
+                    let k = (ci * chunk + j) * 2;
+                    encode_target(adapter, t, types[k], types[k + 1])
+                })
+                .collect();
+            for e in encoded {
+                let (a, b) = e?;
+                gw.write_tensor(&a).map_err(io)?;
+                gw.write_tensor(&b).map_err(io)?;
+            }
+            done += targets.len();
+            progress(done, total);
+        }
+        let mut w = gw.finish().map_err(io)?;
+        w.flush().map_err(io)?;
+        drop(w);
+        let sha = hasher
+            .join()
+            .map_err(|_| Error::Internal("hashing thread panicked".into()))?;
+        Ok((sha, sha_offset))
+    })?;
+    let f = file.file();
+    f.seek(SeekFrom::Start(sha_offset)).map_err(io)?;
+    f.write_all(sha.as_bytes()).map_err(io)?;
+    report.bytes_written = f.seek(SeekFrom::End(0)).map_err(io)?;
+    file.commit()?;
+    report.fallbacks = fallbacks;
+    report.source_sha256 = Some(sha);
+    Ok(())
+}

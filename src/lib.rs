@@ -1,0 +1,28 @@
+//! loraguard: exact PEFT → GGUF LoRA conversion and adapter inspection for
+//! the llama.cpp ecosystem.
+//!
+//! - [`peft`]: reading PEFT adapters (config semantics, tensor pairing);
+//! - [`gguf`]: reading GGUF headers and writing GGUF files;
+//! - [`base`]: a base model's architecture and hyperparameters;
+//! - [`arch`]: the HF-module → GGUF-tensor table and its transforms;
+//! - [`convert`]: validation, planning and the streaming converter;
+//! - [`quant`]: tensor encoders (F16, BF16, Q8_0);
+//! - [`inspect`]: what `loraguard inspect` reports;
+//! - [`atomic`]: atomic output files.
+
+pub mod arch;
+pub mod atomic;
+pub mod base;
+pub mod convert;
+pub mod error;
+pub mod gguf;
+pub mod hash;
+pub mod inspect;
+pub mod matrix;
+mod mmap;
+pub mod peft;
+pub mod quant;
+
+pub use error::{Error, Result};
+/// The llama.cpp wrapper crate, re-exported for tests and embedders.
+pub use loraguard_llama as llama;

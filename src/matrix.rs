@@ -1,0 +1,163 @@
+//! Dense row-major f32 matrices and the source dtypes we decode into them.
+
+use half::{bf16, f16};
+
+/// Element types a PEFT adapter may store its factors in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceDtype {
+    F32,
+    F16,
+    BF16,
+}
+
+impl SourceDtype {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            SourceDtype::F32 => 4,
+            SourceDtype::F16 | SourceDtype::BF16 => 2,
+        }
+    }
+
+    /// The dtype's name as safetensors writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceDtype::F32 => "F32",
+            SourceDtype::F16 => "F16",
+            SourceDtype::BF16 => "BF16",
+        }
+    }
+}
+
+/// A dense row-major matrix of f32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f32>,
+}
+
+impl Matrix {
+    /// A zero matrix.
+    pub fn zeros(rows: usize, cols: usize) -> Self {
+        Matrix {
+            rows,
+            cols,
+            data: vec![0.0; rows * cols],
+        }
+    }
+
+    /// Decode little-endian `bytes` of `dtype` into a `rows × cols` matrix.
+    /// The caller has checked that `bytes.len() == rows * cols * dtype.size()`.
+    pub fn decode(rows: usize, cols: usize, dtype: SourceDtype, bytes: &[u8]) -> Self {
+        debug_assert_eq!(bytes.len(), rows * cols * dtype.size());
+        let data = match dtype {
+            SourceDtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            SourceDtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            SourceDtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+        };
+        Matrix { rows, cols, data }
+    }
+
+    /// Row `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.cols..(i + 1) * self.cols]
+    }
+
+    /// The transpose.
+    pub fn transpose(&self) -> Matrix {
+        let mut out = Matrix::zeros(self.cols, self.rows);
+        for i in 0..self.rows {
+            for j in 0..self.cols {
+                out.data[j * self.rows + i] = self.data[i * self.cols + j];
+            }
+        }
+        out
+    }
+
+    /// Multiply every element by `factor`.
+    pub fn scale(&mut self, factor: f32) {
+        self.data.iter_mut().for_each(|x| *x *= factor);
+    }
+
+    /// Number of NaN or infinite elements.
+    pub fn count_non_finite(&self) -> usize {
+        self.data.iter().filter(|x| !x.is_finite()).count()
+    }
+
+    /// `self · other`, accumulated in f64. Meant for tests and small factors.
+    pub fn matmul(&self, other: &Matrix) -> Matrix {
+        assert_eq!(self.cols, other.rows, "matmul shape mismatch");
+        let mut out = Matrix::zeros(self.rows, other.cols);
+        for i in 0..self.rows {
+            for j in 0..other.cols {
+                let mut acc = 0f64;
+                for k in 0..self.cols {
+                    acc += self.data[i * self.cols + k] as f64 * other.data[k * other.cols + j] as f64;
+                }
+                out.data[i * other.cols + j] = acc as f32;
+            }
+        }
+        out
+    }
+}
+
+/// Count non-finite values directly in encoded bytes, without decoding a copy.
+pub fn count_non_finite(dtype: SourceDtype, bytes: &[u8]) -> usize {
+    match dtype {
+        SourceDtype::F32 => bytes
+            .chunks_exact(4)
+            .filter(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7f80_0000 == 0x7f80_0000)
+            .count(),
+        SourceDtype::F16 => bytes
+            .chunks_exact(2)
+            .filter(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7c00 == 0x7c00)
+            .count(),
+        SourceDtype::BF16 => bytes
+            .chunks_exact(2)
+            .filter(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7f80 == 0x7f80)
+            .count(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_detection_in_every_dtype() {
+        let f32s: Vec<u8> = [1.0f32, f32::NAN, f32::INFINITY, -0.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        assert_eq!(count_non_finite(SourceDtype::F32, &f32s), 2);
+        let f16s: Vec<u8> = [f16::from_f32(1.0), f16::NAN, f16::NEG_INFINITY, f16::MAX]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        assert_eq!(count_non_finite(SourceDtype::F16, &f16s), 2);
+        let bf16s: Vec<u8> = [bf16::from_f32(1.0), bf16::NAN, bf16::INFINITY, bf16::MAX]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        assert_eq!(count_non_finite(SourceDtype::BF16, &bf16s), 2);
+    }
+
+    #[test]
+    fn decode_round_trips_each_dtype() {
+        let vals = [0.5f32, -2.0, 3.25, 0.0];
+        let b: Vec<u8> = vals.iter().flat_map(|x| bf16::from_f32(*x).to_le_bytes()).collect();
+        assert_eq!(Matrix::decode(2, 2, SourceDtype::BF16, &b).data, vals);
+        let h: Vec<u8> = vals.iter().flat_map(|x| f16::from_f32(*x).to_le_bytes()).collect();
+        assert_eq!(Matrix::decode(2, 2, SourceDtype::F16, &h).data, vals);
+    }
+}

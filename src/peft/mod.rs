@@ -1,0 +1,8 @@
+//! Hugging Face PEFT LoRA adapters: `adapter_config.json` plus
+//! `adapter_model.safetensors`, read from mmap and paired by module name.
+
+mod adapter;
+mod config;
+
+pub use adapter::{looks_like_peft, LoraPair, PairKind, PeftAdapter, TensorSpan, UnsupportedTensor, CONFIG_NAME, SAFETENSORS_NAME};
+pub use config::{LoraConfig, ModuleScale, MAX_CONFIG_BYTES};
