@@ -186,6 +186,14 @@ def make_adapter(base, cfg_kwargs, dtype, out: Path, seed: int):
     if out.exists():
         shutil.rmtree(out)
     model.save_pretrained(str(out))
+    (out / "README.md").unlink(missing_ok=True)
+    if cfg_kwargs.get("fan_in_fan_out"):
+        # PEFT flips the flag to False in memory (and so in the saved config)
+        # when the target is nn.Linear; restore it as a user's file carries it.
+        cfg_path = out / "adapter_config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["fan_in_fan_out"] = True
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     # Re-save the factors in the requested dtype (PEFT trains in f32).
     from safetensors.torch import load_file, save_file
 
@@ -256,9 +264,16 @@ def make_smollm2(model_path: Path):
     d = FIX / "smollm2"
     d.mkdir(parents=True, exist_ok=True)
     tok = AutoTokenizer.from_pretrained(str(model_path.parent), gguf_file=model_path.name)
-    load = lambda: AutoModelForCausalLM.from_pretrained(  # noqa: E731
-        str(model_path.parent), gguf_file=model_path.name, torch_dtype=torch.float32
-    ).eval()
+    tok.pad_token = tok.eos_token
+
+    def load():
+        m = AutoModelForCausalLM.from_pretrained(
+            str(model_path.parent), gguf_file=model_path.name, torch_dtype=torch.float32
+        ).eval()
+        # SmolLM2 ties lm_head to the embedding; the GGUF has no output.weight
+        # and transformers' GGUF loader leaves lm_head unset, so tie it here.
+        m.lm_head.weight = m.model.embed_tokens.weight
+        return m
     base = load()
     torch.manual_seed(SEED)
     # A small real fine-tune: answer every question like a pirate.
@@ -271,10 +286,10 @@ def make_smollm2(model_path: Path):
     labels[batch["attention_mask"] == 0] = -100
     cfg = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], lora_dropout=0.0)
     model = get_peft_model(base, cfg)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-4)
     model.train()
     losses = []
-    steps = 24
+    steps = 30
     for step in range(steps):
         out = model(**batch, labels=labels)
         out.loss.backward()
@@ -286,11 +301,12 @@ def make_smollm2(model_path: Path):
     if out_dir.exists():
         shutil.rmtree(out_dir)
     model.save_pretrained(str(out_dir))
+    (out_dir / "README.md").unlink(missing_ok=True)
     (out_dir / "TRAINING.md").write_text(
         "# pirate-lora\n\n"
         f"PEFT LoRA r=8, alpha=16 on q/k/v/o of SmolLM2-135M-Instruct (dequantized Q4_1 GGUF).\n"
         f"Data: {len(SMOL_PROMPTS)} chat turns answered in a pirate voice (scripts/make-fixtures.py).\n"
-        f"AdamW lr 2e-3, {steps} full-batch steps, seed {SEED}. Loss {losses[0]:.3f} -> {losses[-1]:.3f}.\n"
+        f"AdamW lr 3e-4, {steps} full-batch steps, seed {SEED}. Loss {losses[0]:.3f} -> {losses[-1]:.3f}.\n"
     )
     prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of Italy?"}], tokenize=False, add_generation_prompt=True)
     ids = tok(prompt)["input_ids"]
@@ -301,6 +317,8 @@ def make_smollm2(model_path: Path):
         {"tokens": np.array(ids, dtype=np.int32), "delta": np.ascontiguousarray((adapted - base_logits)[-4:])},
         str(d / "reference.safetensors"),
     )
+    top = tok.decode([int(base_logits[-1].argmax())])
+    print(f"smollm2: base model's next token after the prompt: {top!r}")
     print(f"smollm2: loss {losses[0]:.3f} -> {losses[-1]:.3f}, {len(ids)} prompt tokens")
 
 

@@ -11,7 +11,7 @@ pub enum Slot {
     /// The whole tensor `blk.N.<name>.weight`.
     Whole(&'static str),
     /// One row block of a fused tensor: `blk.N.<name>.weight`, part `index`
-    /// of the parts listed in [`FusedLayout`].
+    /// `part` of its row blocks ([`FusedPart`]).
     Part(&'static str, FusedPart),
 }
 
@@ -59,8 +59,16 @@ const LLAMA_LIKE: &[ModuleRow] = &[
 ];
 
 const LLAMA: &[ModuleRow] = &[
-    ("self_attn.q_proj", Slot::Whole("attn_q"), Some(Permute::LlamaQ)),
-    ("self_attn.k_proj", Slot::Whole("attn_k"), Some(Permute::LlamaK)),
+    (
+        "self_attn.q_proj",
+        Slot::Whole("attn_q"),
+        Some(Permute::LlamaQ),
+    ),
+    (
+        "self_attn.k_proj",
+        Slot::Whole("attn_k"),
+        Some(Permute::LlamaK),
+    ),
     ("self_attn.v_proj", Slot::Whole("attn_v"), None),
     ("self_attn.o_proj", Slot::Whole("attn_output"), None),
     ("mlp.gate_proj", Slot::Whole("ffn_gate"), None),
@@ -70,9 +78,21 @@ const LLAMA: &[ModuleRow] = &[
 
 const PHI3: &[ModuleRow] = &[
     ("self_attn.qkv_proj", Slot::Whole("attn_qkv"), None),
-    ("self_attn.q_proj", Slot::Part("attn_qkv", FusedPart::Q), None),
-    ("self_attn.k_proj", Slot::Part("attn_qkv", FusedPart::K), None),
-    ("self_attn.v_proj", Slot::Part("attn_qkv", FusedPart::V), None),
+    (
+        "self_attn.q_proj",
+        Slot::Part("attn_qkv", FusedPart::Q),
+        None,
+    ),
+    (
+        "self_attn.k_proj",
+        Slot::Part("attn_qkv", FusedPart::K),
+        None,
+    ),
+    (
+        "self_attn.v_proj",
+        Slot::Part("attn_qkv", FusedPart::V),
+        None,
+    ),
     ("self_attn.o_proj", Slot::Whole("attn_output"), None),
     ("mlp.gate_up_proj", Slot::Whole("ffn_up"), None),
     ("mlp.gate_proj", Slot::Part("ffn_up", FusedPart::Gate), None),
@@ -82,19 +102,48 @@ const PHI3: &[ModuleRow] = &[
 
 /// Every supported architecture. Mistral and SmolLM convert to `llama`.
 pub const ARCHES: &[ArchSpec] = &[
-    ArchSpec { name: "llama", layer_modules: LLAMA },
-    ArchSpec { name: "qwen2", layer_modules: LLAMA_LIKE },
-    ArchSpec { name: "qwen3", layer_modules: LLAMA_LIKE },
-    ArchSpec { name: "gemma", layer_modules: LLAMA_LIKE },
-    ArchSpec { name: "gemma2", layer_modules: LLAMA_LIKE },
-    ArchSpec { name: "gemma3", layer_modules: LLAMA_LIKE },
-    ArchSpec { name: "phi3", layer_modules: PHI3 },
+    ArchSpec {
+        name: "llama",
+        layer_modules: LLAMA,
+    },
+    ArchSpec {
+        name: "qwen2",
+        layer_modules: LLAMA_LIKE,
+    },
+    ArchSpec {
+        name: "qwen3",
+        layer_modules: LLAMA_LIKE,
+    },
+    ArchSpec {
+        name: "gemma",
+        layer_modules: LLAMA_LIKE,
+    },
+    ArchSpec {
+        name: "gemma2",
+        layer_modules: LLAMA_LIKE,
+    },
+    ArchSpec {
+        name: "gemma3",
+        layer_modules: LLAMA_LIKE,
+    },
+    ArchSpec {
+        name: "phi3",
+        layer_modules: PHI3,
+    },
 ];
 
 /// Prefixes that lead to the decoder layers in HF models (text-only and
 /// the language half of multimodal checkpoints).
-const LAYER_PREFIXES: &[&str] = &["model.layers.", "model.language_model.layers.", "language_model.model.layers."];
-const EMBED_MODULES: &[&str] = &["model.embed_tokens", "model.language_model.embed_tokens", "language_model.model.embed_tokens"];
+const LAYER_PREFIXES: &[&str] = &[
+    "model.layers.",
+    "model.language_model.layers.",
+    "language_model.model.layers.",
+];
+const EMBED_MODULES: &[&str] = &[
+    "model.embed_tokens",
+    "model.language_model.embed_tokens",
+    "language_model.model.embed_tokens",
+];
 const OUTPUT_MODULES: &[&str] = &["lm_head", "language_model.lm_head"];
 
 /// A module resolved to its place in the GGUF model.
@@ -170,7 +219,8 @@ pub fn permute_rows(data: &[f32], rows: usize, cols: usize, n_head: usize) -> Ve
             for j in 0..half {
                 let src = h * head + i * half + j;
                 let dst = h * head + j * 2 + i;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
             }
         }
     }
@@ -187,10 +237,17 @@ mod tests {
             let q = arch.resolve("model.layers.3.self_attn.q_proj").unwrap();
             let down = arch.resolve("model.layers.3.mlp.down_proj").unwrap();
             assert_eq!(down.tensor, "blk.3.ffn_down.weight", "{}", arch.name);
-            assert_eq!(arch.resolve("model.embed_tokens").unwrap().tensor, "token_embd.weight");
+            assert_eq!(
+                arch.resolve("model.embed_tokens").unwrap().tensor,
+                "token_embd.weight"
+            );
             assert_eq!(arch.resolve("lm_head").unwrap().tensor, "output.weight");
-            assert!(arch.resolve("model.layers.3.self_attn.rotary_emb").is_none());
-            assert!(arch.resolve("vision_tower.encoder.layers.0.self_attn.q_proj").is_none());
+            assert!(arch
+                .resolve("model.layers.3.self_attn.rotary_emb")
+                .is_none());
+            assert!(arch
+                .resolve("vision_tower.encoder.layers.0.self_attn.q_proj")
+                .is_none());
             match arch.name {
                 "llama" => {
                     assert_eq!(q.tensor, "blk.3.attn_q.weight");
@@ -202,15 +259,23 @@ mod tests {
                     assert_eq!(q.tensor, "blk.3.attn_qkv.weight");
                     assert_eq!(q.part, Some(FusedPart::Q));
                     let up = arch.resolve("model.layers.3.mlp.up_proj").unwrap();
-                    assert_eq!((up.tensor.as_str(), up.part), ("blk.3.ffn_up.weight", Some(FusedPart::Up)));
+                    assert_eq!(
+                        (up.tensor.as_str(), up.part),
+                        ("blk.3.ffn_up.weight", Some(FusedPart::Up))
+                    );
                     let fused = arch.resolve("model.layers.3.self_attn.qkv_proj").unwrap();
-                    assert_eq!((fused.tensor.as_str(), fused.part), ("blk.3.attn_qkv.weight", None));
+                    assert_eq!(
+                        (fused.tensor.as_str(), fused.part),
+                        ("blk.3.attn_qkv.weight", None)
+                    );
                 }
                 _ => {
                     assert_eq!(q.tensor, "blk.3.attn_q.weight");
                     assert_eq!(q.permute, None);
                     assert_eq!(
-                        arch.resolve("model.layers.0.self_attn.o_proj").unwrap().tensor,
+                        arch.resolve("model.layers.0.self_attn.o_proj")
+                            .unwrap()
+                            .tensor,
                         "blk.0.attn_output.weight"
                     );
                 }
@@ -218,7 +283,9 @@ mod tests {
         }
         let g3 = ArchSpec::find("gemma3").unwrap();
         assert_eq!(
-            g3.resolve("language_model.model.layers.1.mlp.gate_proj").unwrap().tensor,
+            g3.resolve("language_model.model.layers.1.mlp.gate_proj")
+                .unwrap()
+                .tensor,
             "blk.1.ffn_gate.weight"
         );
     }

@@ -27,7 +27,10 @@ impl AtomicFile {
             _ => PathBuf::from("."),
         };
         if target.is_dir() {
-            return Err(Error::Usage(format!("output {} is a directory", target.display())));
+            return Err(Error::Usage(format!(
+                "output {} is a directory",
+                target.display()
+            )));
         }
         let temp = tempfile::Builder::new()
             .prefix(TEMP_PREFIX)
@@ -54,8 +57,11 @@ impl AtomicFile {
     pub fn commit(self) -> Result<()> {
         let AtomicFile { target, temp } = self;
         let tpath = temp.path().to_path_buf();
-        temp.as_file().sync_all().map_err(|e| Error::io(&tpath, e))?;
-        temp.persist(&target).map_err(|e| Error::io(&target, e.error))?;
+        temp.as_file()
+            .sync_all()
+            .map_err(|e| Error::io(&tpath, e))?;
+        temp.persist(&target)
+            .map_err(|e| Error::io(&target, e.error))?;
         Ok(())
     }
 }

@@ -44,7 +44,9 @@ impl BaseModel {
         let need = |k: &str| -> Result<usize> {
             gguf.get_u64(&key(k))
                 .and_then(|v| usize::try_from(v).ok())
-                .ok_or_else(|| Error::malformed(path, "GGUF", format!("missing or invalid {}", key(k))))
+                .ok_or_else(|| {
+                    Error::malformed(path, "GGUF", format!("missing or invalid {}", key(k)))
+                })
         };
         let n_layer = need("block_count")?;
         let n_embd = need("embedding_length")?;
@@ -55,7 +57,9 @@ impl BaseModel {
                     .map(|v| v.as_u64().and_then(|x| usize::try_from(x).ok()))
                     .collect::<Option<Vec<_>>>()
                     .filter(|v| v.len() == n_layer)
-                    .ok_or_else(|| Error::malformed(path, "GGUF", format!("invalid per-layer {}", key(k)))),
+                    .ok_or_else(|| {
+                        Error::malformed(path, "GGUF", format!("invalid per-layer {}", key(k)))
+                    }),
                 Some(v) => v
                     .as_u64()
                     .and_then(|x| usize::try_from(x).ok())
@@ -88,7 +92,12 @@ impl BaseModel {
 
     /// `(row offset, rows)` of `part` inside the fused tensor of `layer`,
     /// whose total row count is `total_rows`.
-    pub fn fused_rows(&self, layer: usize, part: FusedPart, total_rows: usize) -> Option<(usize, usize)> {
+    pub fn fused_rows(
+        &self,
+        layer: usize,
+        part: FusedPart,
+        total_rows: usize,
+    ) -> Option<(usize, usize)> {
         let n_head = *self.n_head.get(layer)?;
         let n_kv = *self.n_head_kv.get(layer)?;
         if n_head == 0 {

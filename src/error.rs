@@ -123,7 +123,11 @@ impl Error {
     }
 
     /// Build an [`Error::Malformed`].
-    pub fn malformed(path: impl Into<PathBuf>, format: &'static str, reason: impl Into<String>) -> Self {
+    pub fn malformed(
+        path: impl Into<PathBuf>,
+        format: &'static str,
+        reason: impl Into<String>,
+    ) -> Self {
         Error::Malformed {
             path: path.into(),
             format,

@@ -74,8 +74,22 @@ fn inspect_peft(path: &Path, base: Option<&Path>) -> Result<Inspection> {
     settings.insert("lora_alpha".into(), c.lora_alpha.into());
     settings.insert("use_rslora".into(), c.use_rslora.into());
     settings.insert("fan_in_fan_out".into(), c.fan_in_fan_out.into());
-    settings.insert("rank_pattern".into(), c.rank_pattern.iter().map(|p| (p.key.clone(), p.value.into())).collect::<serde_json::Map<_, _>>().into());
-    settings.insert("alpha_pattern".into(), c.alpha_pattern.iter().map(|p| (p.key.clone(), p.value.into())).collect::<serde_json::Map<_, _>>().into());
+    settings.insert(
+        "rank_pattern".into(),
+        c.rank_pattern
+            .iter()
+            .map(|p| (p.key.clone(), p.value.into()))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+    );
+    settings.insert(
+        "alpha_pattern".into(),
+        c.alpha_pattern
+            .iter()
+            .map(|p| (p.key.clone(), p.value.into()))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+    );
     if let Some(b) = &c.base_model_name_or_path {
         settings.insert("base_model_name_or_path".into(), b.clone().into());
     }
@@ -91,24 +105,47 @@ fn inspect_peft(path: &Path, base: Option<&Path>) -> Result<Inspection> {
             shape_b: p.b.shape.iter().map(|x| *x as u64).collect(),
             dtype_a: p.a.dtype.name().into(),
             dtype_b: p.b.dtype.name().into(),
-            bytes: ((p.a.shape[0] * p.a.shape[1] * p.a.dtype.size()) + (p.b.shape[0] * p.b.shape[1] * p.b.dtype.size())) as u64,
+            bytes: ((p.a.shape[0] * p.a.shape[1] * p.a.dtype.size())
+                + (p.b.shape[0] * p.b.shape[1] * p.b.dtype.size())) as u64,
         })
         .collect();
     let mut notes: Vec<String> = adapter
         .unsupported
         .iter()
-        .map(|u| format!("{}: {} (needs --drop-unsupported to convert)", u.name, u.reason))
+        .map(|u| {
+            format!(
+                "{}: {} (needs --drop-unsupported to convert)",
+                u.name, u.reason
+            )
+        })
         .collect();
-    notes.extend(adapter.zero_biases.iter().map(|b| format!("{b}: all-zero LoRA bias, skipped")));
+    notes.extend(
+        adapter
+            .zero_biases
+            .iter()
+            .map(|b| format!("{b}: all-zero LoRA bias, skipped")),
+    );
     if modules.iter().any(|m| m.name.ends_with("embed_tokens")) {
         notes.push("embedding LoRA present (lora_embedding_A/B)".into());
     }
     let fit = base.map(|b| -> Result<Fit> {
         let base = BaseModel::open(b)?;
         Ok(match plan(&adapter, &base, false) {
-            Ok(_) => Fit { base: b.display().to_string(), fits: true, problems: vec![] },
-            Err(Error::Mismatch { problems, .. }) => Fit { base: b.display().to_string(), fits: false, problems },
-            Err(e @ Error::Unsupported { .. }) => Fit { base: b.display().to_string(), fits: false, problems: vec![e.to_string()] },
+            Ok(_) => Fit {
+                base: b.display().to_string(),
+                fits: true,
+                problems: vec![],
+            },
+            Err(Error::Mismatch { problems, .. }) => Fit {
+                base: b.display().to_string(),
+                fits: false,
+                problems,
+            },
+            Err(e @ Error::Unsupported { .. }) => Fit {
+                base: b.display().to_string(),
+                fits: false,
+                problems: vec![e.to_string()],
+            },
             Err(e) => return Err(e),
         })
     });
@@ -135,14 +172,24 @@ fn inspect_gguf(path: &Path, base: Option<&Path>) -> Result<Inspection> {
     let total_bytes = g.tensors.iter().map(|t| t.size).sum();
     let mut settings = BTreeMap::new();
     for (k, v) in &g.metadata {
-        if k.starts_with("loraguard.") || k.starts_with("adapter.") || k.starts_with("general.") && !k.starts_with("general.base_model") {
+        if k.starts_with("loraguard.")
+            || k.starts_with("adapter.")
+            || k.starts_with("general.") && !k.starts_with("general.base_model")
+        {
             settings.insert(k.clone(), v.clone());
         }
     }
     if !g.is_adapter() {
         let arch = g.architecture().map(String::from);
         if let Some(a) = &arch {
-            for k in ["block_count", "embedding_length", "attention.head_count", "attention.head_count_kv", "feed_forward_length", "context_length"] {
+            for k in [
+                "block_count",
+                "embedding_length",
+                "attention.head_count",
+                "attention.head_count_kv",
+                "feed_forward_length",
+                "context_length",
+            ] {
                 if let Some(v) = g.metadata.get(&format!("{a}.{k}")) {
                     settings.insert(k.into(), v.clone());
                 }
@@ -164,7 +211,11 @@ fn inspect_gguf(path: &Path, base: Option<&Path>) -> Result<Inspection> {
     let alpha = g.get_f64("adapter.lora.alpha");
     let mut modules = Vec::new();
     let mut notes = Vec::new();
-    let mut names: Vec<&str> = g.tensors.iter().filter_map(|t| t.name.strip_suffix(".lora_a")).collect();
+    let mut names: Vec<&str> = g
+        .tensors
+        .iter()
+        .filter_map(|t| t.name.strip_suffix(".lora_a"))
+        .collect();
     names.sort();
     for base_name in &names {
         let a = g.tensor(&format!("{base_name}.lora_a"));
@@ -188,7 +239,9 @@ fn inspect_gguf(path: &Path, base: Option<&Path>) -> Result<Inspection> {
         });
     }
     if alpha.is_none_or(|a| a == 0.0) {
-        notes.push("adapter.lora.alpha is missing or 0: llama.cpp applies the user scale only".into());
+        notes.push(
+            "adapter.lora.alpha is missing or 0: llama.cpp applies the user scale only".into(),
+        );
     }
     let fit = match base {
         None => None,
@@ -220,7 +273,10 @@ pub fn gguf_fit(adapter: &GgufFile, base_path: &Path) -> Result<Fit> {
         ));
     }
     for t in &adapter.tensors {
-        let (stem, is_a) = match (t.name.strip_suffix(".lora_a"), t.name.strip_suffix(".lora_b")) {
+        let (stem, is_a) = match (
+            t.name.strip_suffix(".lora_a"),
+            t.name.strip_suffix(".lora_b"),
+        ) {
             (Some(s), _) => (s, true),
             (_, Some(s)) => (s, false),
             _ if t.name.ends_with("_norm.weight") => continue,
@@ -229,9 +285,15 @@ pub fn gguf_fit(adapter: &GgufFile, base_path: &Path) -> Result<Fit> {
                 continue;
             }
         };
-        let other = adapter.tensor(&format!("{stem}.{}", if is_a { "lora_b" } else { "lora_a" }));
+        let other = adapter.tensor(&format!(
+            "{stem}.{}",
+            if is_a { "lora_b" } else { "lora_a" }
+        ));
         if other.is_none() {
-            problems.push(format!("{stem}: missing its {}", if is_a { "lora_b" } else { "lora_a" }));
+            problems.push(format!(
+                "{stem}: missing its {}",
+                if is_a { "lora_b" } else { "lora_a" }
+            ));
             continue;
         }
         if !is_a {
@@ -245,10 +307,15 @@ pub fn gguf_fit(adapter: &GgufFile, base_path: &Path) -> Result<Fit> {
         let ok = if stem.ends_with("token_embd.weight") {
             w.ne.first() == b.ne.get(1) && w.ne.get(1) == a.ne.get(1)
         } else {
-            w.ne.first() == a.ne.first() && w.ne.get(1) == b.ne.get(1) && a.ne.get(1) == b.ne.first()
+            w.ne.first() == a.ne.first()
+                && w.ne.get(1) == b.ne.get(1)
+                && a.ne.get(1) == b.ne.first()
         };
         if !ok {
-            problems.push(format!("{stem}: lora_a {:?} / lora_b {:?} do not fit base {:?}", a.ne, b.ne, w.ne));
+            problems.push(format!(
+                "{stem}: lora_a {:?} / lora_b {:?} do not fit base {:?}",
+                a.ne, b.ne, w.ne
+            ));
         }
     }
     Ok(Fit {
@@ -273,10 +340,18 @@ impl std::fmt::Display for Inspection {
         for (k, v) in &self.tensor_types {
             writeln!(f, "  tensors of type {k}: {v}")?;
         }
-        writeln!(f, "  total size: {:.2} MiB", self.total_bytes as f64 / (1 << 20) as f64)?;
+        writeln!(
+            f,
+            "  total size: {:.2} MiB",
+            self.total_bytes as f64 / (1 << 20) as f64
+        )?;
         if !self.modules.is_empty() {
             writeln!(f, "  {} modules:", self.modules.len())?;
-            writeln!(f, "    {:<48} {:>5} {:>8} {:>10}  {:<12} {:<12} {:<5}", "module", "rank", "alpha", "scale", "A", "B", "dtype")?;
+            writeln!(
+                f,
+                "    {:<48} {:>5} {:>8} {:>10}  {:<12} {:<12} {:<5}",
+                "module", "rank", "alpha", "scale", "A", "B", "dtype"
+            )?;
             for m in &self.modules {
                 writeln!(
                     f,

@@ -102,7 +102,8 @@ impl Matrix {
             for j in 0..other.cols {
                 let mut acc = 0f64;
                 for k in 0..self.cols {
-                    acc += self.data[i * self.cols + k] as f64 * other.data[k * other.cols + j] as f64;
+                    acc +=
+                        self.data[i * self.cols + k] as f64 * other.data[k * other.cols + j] as f64;
                 }
                 out.data[i * other.cols + j] = acc as f32;
             }
@@ -155,9 +156,15 @@ mod tests {
     #[test]
     fn decode_round_trips_each_dtype() {
         let vals = [0.5f32, -2.0, 3.25, 0.0];
-        let b: Vec<u8> = vals.iter().flat_map(|x| bf16::from_f32(*x).to_le_bytes()).collect();
+        let b: Vec<u8> = vals
+            .iter()
+            .flat_map(|x| bf16::from_f32(*x).to_le_bytes())
+            .collect();
         assert_eq!(Matrix::decode(2, 2, SourceDtype::BF16, &b).data, vals);
-        let h: Vec<u8> = vals.iter().flat_map(|x| f16::from_f32(*x).to_le_bytes()).collect();
+        let h: Vec<u8> = vals
+            .iter()
+            .flat_map(|x| f16::from_f32(*x).to_le_bytes())
+            .collect();
         assert_eq!(Matrix::decode(2, 2, SourceDtype::F16, &h).data, vals);
     }
 }

@@ -111,7 +111,9 @@ mod tests {
 
     #[test]
     fn q8_0_round_trip_error_is_within_half_a_step() {
-        let data: Vec<f32> = (0..256).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        let data: Vec<f32> = (0..256)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
         let mut out = Vec::new();
         assert!(encode_into(GgmlType::Q8_0, &data, &mut out));
         assert_eq!(out.len(), 8 * 34);

@@ -9,24 +9,32 @@ use crate::{c_path, Error, Result};
 
 /// `(block size, bytes per block)` of ggml type `type_id`, from ggml itself.
 pub fn type_traits(type_id: u32) -> Option<(u64, u64)> {
-    if type_id >= sys::GGML_TYPE_COUNT as u32 {
+    if type_id >= sys::GGML_TYPE_COUNT {
         return None;
     }
     // SAFETY: type_id is a valid ggml_type below GGML_TYPE_COUNT.
-    let (blck, size) = unsafe { (sys::ggml_blck_size(type_id as _), sys::ggml_type_size(type_id as _)) };
+    let (blck, size) = unsafe {
+        (
+            sys::ggml_blck_size(type_id as _),
+            sys::ggml_type_size(type_id as _),
+        )
+    };
     (blck > 0 && size > 0).then_some((blck as u64, size as u64))
 }
 
 /// Quantize `data` (rows of `n_per_row`) to ggml type `type_id` with ggml's
 /// own `ggml_quantize_chunk`.
 pub fn quantize(type_id: u32, data: &[f32], n_per_row: usize) -> Result<Vec<u8>> {
-    let (blck, size) = type_traits(type_id).ok_or_else(|| Error::Ggml(format!("unknown type {type_id}")))?;
+    let (blck, size) =
+        type_traits(type_id).ok_or_else(|| Error::Ggml(format!("unknown type {type_id}")))?;
     if n_per_row == 0 || data.len() % n_per_row != 0 || n_per_row as u64 % blck != 0 {
         return Err(Error::Ggml("data is not whole rows of whole blocks".into()));
     }
     // SAFETY: type_id is valid (checked above).
     if unsafe { sys::ggml_quantize_requires_imatrix(type_id as _) } {
-        return Err(Error::Ggml(format!("type {type_id} needs an importance matrix")));
+        return Err(Error::Ggml(format!(
+            "type {type_id} needs an importance matrix"
+        )));
     }
     let nrows = data.len() / n_per_row;
     let mut out = vec![0u8; (n_per_row as u64 / blck * size) as usize * nrows];
@@ -44,7 +52,10 @@ pub fn quantize(type_id: u32, data: &[f32], n_per_row: usize) -> Result<Vec<u8>>
         )
     };
     if written != out.len() {
-        return Err(Error::Ggml(format!("ggml wrote {written} bytes, expected {}", out.len())));
+        return Err(Error::Ggml(format!(
+            "ggml wrote {written} bytes, expected {}",
+            out.len()
+        )));
     }
     Ok(out)
 }
@@ -78,7 +89,10 @@ pub fn read_gguf(path: &Path) -> Result<GgufSummary> {
     // only parses the header.
     let ctx = unsafe { sys::gguf_init_from_file(cpath.as_ptr(), params) };
     if ctx.is_null() {
-        return Err(Error::Ggml(format!("{}: gguf_init_from_file failed", path.display())));
+        return Err(Error::Ggml(format!(
+            "{}: gguf_init_from_file failed",
+            path.display()
+        )));
     }
     let get_str = |key: &str| -> Option<String> {
         let k = std::ffi::CString::new(key).ok()?;
@@ -113,10 +127,15 @@ pub fn read_gguf(path: &Path) -> Result<GgufSummary> {
             .to_string_lossy()
             .into_owned();
         // SAFETY: i < n_tensors.
-        let (ty, off) = unsafe { (sys::gguf_get_tensor_type(ctx, i), sys::gguf_get_tensor_offset(ctx, i)) };
+        let (ty, off) = unsafe {
+            (
+                sys::gguf_get_tensor_type(ctx, i),
+                sys::gguf_get_tensor_offset(ctx, i),
+            )
+        };
         tensors.push(GgufTensorInfo {
             name,
-            type_id: ty as u32,
+            type_id: ty,
             offset: data_offset + off as u64,
         });
     }

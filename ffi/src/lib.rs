@@ -50,7 +50,8 @@ pub enum Error {
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-static BACKEND: OnceLock<std::result::Result<llama_cpp_2::llama_backend::LlamaBackend, String>> = OnceLock::new();
+static BACKEND: OnceLock<std::result::Result<llama_cpp_2::llama_backend::LlamaBackend, String>> =
+    OnceLock::new();
 
 /// Initialise llama.cpp's backend once per process and route its logs into
 /// `tracing` (target `llama.cpp`): quiet unless the subscriber enables them.

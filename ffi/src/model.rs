@@ -75,7 +75,8 @@ impl Model {
     /// Tokenize `text`, adding BOS/EOS as the model is configured to when
     /// `add_special`, and parsing special tokens in the text when `parse_special`.
     pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<i32>> {
-        let len = i32::try_from(text.len()).map_err(|_| Error::Tokenize("text longer than 2 GiB".into()))?;
+        let len = i32::try_from(text.len())
+            .map_err(|_| Error::Tokenize("text longer than 2 GiB".into()))?;
         let mut cap = text.len() + 8;
         loop {
             let mut buf = vec![0i32; cap];

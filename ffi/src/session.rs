@@ -13,6 +13,9 @@ pub struct SessionOptions {
     pub n_ctx: u32,
     /// Threads; defaults to the available parallelism.
     pub threads: i32,
+    /// Keep the KV cache in F32 instead of llama.cpp's default F16: slower
+    /// and larger, but removes the cache's rounding from exactness checks.
+    pub kv_f32: bool,
 }
 
 impl Default for SessionOptions {
@@ -20,6 +23,7 @@ impl Default for SessionOptions {
         SessionOptions {
             n_ctx: 512,
             threads: default_threads(),
+            kv_f32: false,
         }
     }
 }
@@ -51,6 +55,10 @@ impl<'m, 'a> Session<'m, 'a> {
         p.n_threads = opts.threads;
         p.n_threads_batch = opts.threads;
         p.no_perf = true;
+        if opts.kv_f32 {
+            p.type_k = sys::GGML_TYPE_F32;
+            p.type_v = sys::GGML_TYPE_F32;
+        }
         // SAFETY: the model pointer is valid for 'm, which outlives the context.
         let raw = unsafe { sys::llama_init_from_model(model.raw(), p) };
         let ptr = NonNull::new(raw).ok_or(Error::Context)?;
@@ -65,12 +73,18 @@ impl<'m, 'a> Session<'m, 'a> {
     /// Replace the active adapters: each `(adapter, scale)` applies
     /// `scale · alpha / rank · B·A` at once. An empty slice removes all.
     pub fn set_adapters(&mut self, adapters: &[(&'a Adapter<'m>, f32)]) -> Result<()> {
-        let mut ptrs: Vec<*mut sys::llama_adapter_lora> = adapters.iter().map(|(a, _)| a.raw()).collect();
+        let mut ptrs: Vec<*mut sys::llama_adapter_lora> =
+            adapters.iter().map(|(a, _)| a.raw()).collect();
         let mut scales: Vec<f32> = adapters.iter().map(|(_, s)| *s).collect();
         // SAFETY: ptrs and scales have adapters.len() valid elements; the
         // adapters outlive the session ('a), as llama.cpp requires.
         let rc = unsafe {
-            sys::llama_set_adapters_lora(self.ptr.as_ptr(), ptrs.as_mut_ptr(), ptrs.len(), scales.as_mut_ptr())
+            sys::llama_set_adapters_lora(
+                self.ptr.as_ptr(),
+                ptrs.as_mut_ptr(),
+                ptrs.len(),
+                scales.as_mut_ptr(),
+            )
         };
         if rc != 0 {
             return Err(Error::SetAdapters(rc));

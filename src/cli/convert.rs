@@ -15,7 +15,12 @@ pub struct ConvertArgs {
     #[arg(long, value_name = "BASE.gguf")]
     pub base: PathBuf,
     /// Output GGUF LoRA file.
-    #[arg(short, long, value_name = "OUT.gguf", required_unless_present = "dry_run")]
+    #[arg(
+        short,
+        long,
+        value_name = "OUT.gguf",
+        required_unless_present = "dry_run"
+    )]
     pub output: Option<PathBuf>,
     /// Tensor type: f32, f16, bf16, q8_0, or auto (the 16-bit type matching the source).
     #[arg(long, default_value = "auto", value_parser = parse_outtype)]
@@ -33,7 +38,8 @@ pub struct ConvertArgs {
 }
 
 fn parse_outtype(s: &str) -> Result<OutType, String> {
-    OutType::parse(s).ok_or_else(|| format!("unknown outtype {s:?}; expected f32, f16, bf16, q8_0 or auto"))
+    OutType::parse(s)
+        .ok_or_else(|| format!("unknown outtype {s:?}; expected f32, f16, bf16, q8_0 or auto"))
 }
 
 pub fn run(args: ConvertArgs, ui: &Ui) -> anyhow::Result<i32> {
@@ -47,14 +53,23 @@ pub fn run(args: ConvertArgs, ui: &Ui) -> anyhow::Result<i32> {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     };
-    let report = convert(&args.adapter, &args.base, args.output.as_deref(), &opts, &progress);
+    let report = convert(
+        &args.adapter,
+        &args.base,
+        args.output.as_deref(),
+        &opts,
+        &progress,
+    );
     bar.finish_and_clear();
     let report = report?;
     for d in &report.dropped {
         ui.say(&format!("dropped {} ({})", d.name, d.reason));
     }
     for f in &report.fallbacks {
-        ui.say(&format!("{}: written as {} instead of {}: {}", f.tensor, f.written, f.requested, f.reason));
+        ui.say(&format!(
+            "{}: written as {} instead of {}: {}",
+            f.tensor, f.written, f.requested, f.reason
+        ));
     }
     if args.json {
         let json = serde_json::json!({
@@ -87,7 +102,11 @@ pub fn run(args: ConvertArgs, ui: &Ui) -> anyhow::Result<i32> {
             report.outtype,
             report.bytes_written as f64 / (1 << 20) as f64,
             report.alpha,
-            if report.transforms.is_empty() { String::new() } else { format!("; {}", report.transforms.join(", ")) }
+            if report.transforms.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", report.transforms.join(", "))
+            }
         ));
     }
     Ok(EXIT_OK)

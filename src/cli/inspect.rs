@@ -26,5 +26,9 @@ pub fn run(args: InspectArgs) -> anyhow::Result<i32> {
     } else {
         print_stdout(&info.to_string())?;
     }
-    Ok(if info.fit.as_ref().is_some_and(|f| !f.fits) { EXIT_BAD_INPUT } else { EXIT_OK })
+    Ok(if info.fit.as_ref().is_some_and(|f| !f.fits) {
+        EXIT_BAD_INPUT
+    } else {
+        EXIT_OK
+    })
 }

@@ -37,7 +37,10 @@ pub fn run() -> i32 {
     let cli = Cli::parse();
     output::init_logging(cli.verbose, cli.quiet);
     if let Some(n) = cli.threads {
-        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global() {
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global()
+        {
             tracing::warn!("could not size the thread pool: {e}");
         }
     }

@@ -83,7 +83,11 @@ pub fn report_error(e: &anyhow::Error) -> i32 {
         if let Some(h) = lib.hint() {
             let _ = writeln!(err, "hint: {h}");
         }
-        return if lib.is_bad_input() { EXIT_BAD_INPUT } else { EXIT_INTERNAL };
+        return if lib.is_bad_input() {
+            EXIT_BAD_INPUT
+        } else {
+            EXIT_INTERNAL
+        };
     }
     if let Some(io) = e.downcast_ref::<std::io::Error>() {
         if io.kind() == std::io::ErrorKind::BrokenPipe {

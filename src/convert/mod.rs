@@ -133,7 +133,8 @@ pub fn convert(
         report.fallbacks = write::planned_fallbacks(&plan, outtype);
         return Ok(report);
     }
-    let out = out.ok_or_else(|| Error::Usage("an output path is required unless --dry-run".into()))?;
+    let out =
+        out.ok_or_else(|| Error::Usage("an output path is required unless --dry-run".into()))?;
     write_gguf(&adapter, &base, &plan, outtype, out, progress, &mut report)?;
     report.output = Some(out.to_path_buf());
     Ok(report)
@@ -149,10 +150,18 @@ fn transforms(plan: &Plan) -> Vec<String> {
     if plan.baked > 0 {
         t.push("peft_scale_baked_into_lora_b".to_string());
     }
-    if plan.targets.iter().any(|x| x.parts.len() > 1 || x.parts.iter().any(|p| p.row_offset > 0)) {
+    if plan
+        .targets
+        .iter()
+        .any(|x| x.parts.len() > 1 || x.parts.iter().any(|p| p.row_offset > 0))
+    {
         t.push("fused_block_diagonal_concatenated_rank".to_string());
     }
-    if plan.targets.iter().any(|x| x.kind == crate::peft::PairKind::Embedding) {
+    if plan
+        .targets
+        .iter()
+        .any(|x| x.kind == crate::peft::PairKind::Embedding)
+    {
         t.push("token_embd_lora_a_transposed".to_string());
     }
     t

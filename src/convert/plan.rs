@@ -106,7 +106,10 @@ pub fn plan(adapter: &PeftAdapter, base: &BaseModel, drop_unsupported: bool) -> 
             continue;
         };
         if bt.ne.len() != 2 {
-            problems.add(format!("are not matrices in the base (ne {:?})", bt.ne), &res.tensor);
+            problems.add(
+                format!("are not matrices in the base (ne {:?})", bt.ne),
+                &res.tensor,
+            );
             continue;
         }
         let (ne0, ne1) = (bt.ne[0] as usize, bt.ne[1] as usize);
@@ -130,8 +133,15 @@ pub fn plan(adapter: &PeftAdapter, base: &BaseModel, drop_unsupported: bool) -> 
                 });
                 continue;
             }
-            let what = if is_embd { "vocabulary size" } else { "in_features" };
-            problems.add(format!("expect {what} {}, the base has {d_in}", pair.d_in()), &res.tensor);
+            let what = if is_embd {
+                "vocabulary size"
+            } else {
+                "in_features"
+            };
+            problems.add(
+                format!("expect {what} {}, the base has {d_in}", pair.d_in()),
+                &res.tensor,
+            );
             continue;
         }
         let (row_offset, rows) = match res.part {
@@ -139,7 +149,10 @@ pub fn plan(adapter: &PeftAdapter, base: &BaseModel, drop_unsupported: bool) -> 
             Some(part) => match base.fused_rows(res.layer.unwrap_or(0), part, d_out) {
                 Some(x) if x.0 + x.1 <= d_out => x,
                 _ => {
-                    problems.add(format!("cannot be split into {part:?} rows ({d_out} rows)"), &res.tensor);
+                    problems.add(
+                        format!("cannot be split into {part:?} rows ({d_out} rows)"),
+                        &res.tensor,
+                    );
                     continue;
                 }
             },
@@ -149,7 +162,10 @@ pub fn plan(adapter: &PeftAdapter, base: &BaseModel, drop_unsupported: bool) -> 
                 None => "out_features".to_string(),
                 Some(p) => format!("{p:?} rows"),
             };
-            problems.add(format!("expect {what} {}, the base has {rows}", pair.d_out()), &res.tensor);
+            problems.add(
+                format!("expect {what} {}, the base has {rows}", pair.d_out()),
+                &res.tensor,
+            );
             continue;
         }
         let permute_heads = match (res.permute, res.layer) {
@@ -159,28 +175,37 @@ pub fn plan(adapter: &PeftAdapter, base: &BaseModel, drop_unsupported: bool) -> 
                     Permute::LlamaK => base.n_head_kv[layer.min(base.n_layer.saturating_sub(1))],
                 };
                 if heads == 0 || rows % (2 * heads) != 0 || layer >= base.n_layer {
-                    problems.add(format!("have {rows} rows, not divisible into {heads} rotary heads"), &res.tensor);
+                    problems.add(
+                        format!("have {rows} rows, not divisible into {heads} rotary heads"),
+                        &res.tensor,
+                    );
                     continue;
                 }
                 Some(heads)
             }
             _ => None,
         };
-        let target = by_tensor.entry(res.tensor.clone()).or_insert_with(|| Target {
-            tensor: res.tensor.clone(),
-            kind: pair.kind,
-            d_in,
-            d_out,
-            rank: 0,
-            parts: Vec::new(),
-        });
+        let target = by_tensor
+            .entry(res.tensor.clone())
+            .or_insert_with(|| Target {
+                tensor: res.tensor.clone(),
+                kind: pair.kind,
+                d_in,
+                d_out,
+                rank: 0,
+                parts: Vec::new(),
+            });
         let clash = target.parts.iter().any(|p| {
             let other = &adapter.pairs[p.pair];
             let other_part = base.arch.resolve(&other.module).and_then(|r| r.part);
             res.part.is_none() || other_part.is_none() || other_part == res.part
         });
         if clash {
-            problems.add("are targeted by more than one module (fused and per-projection LoRA together)".into(), &res.tensor);
+            problems.add(
+                "are targeted by more than one module (fused and per-projection LoRA together)"
+                    .into(),
+                &res.tensor,
+            );
             continue;
         }
         target.rank += pair.rank();
@@ -193,6 +218,21 @@ pub fn plan(adapter: &PeftAdapter, base: &BaseModel, drop_unsupported: bool) -> 
         });
     }
 
+    for (module, name, shape) in &adapter.base_layer_copies {
+        let base_ne = base
+            .arch
+            .resolve(module)
+            .and_then(|r| base.gguf.tensor(&r.tensor))
+            .map(|t| t.ne.iter().rev().map(|d| *d as usize).collect::<Vec<_>>());
+        if base_ne.as_deref() != Some(shape.as_slice()) {
+            new_tokens.push(UnsupportedTensor {
+                name: name.clone(),
+                reason: format!(
+                    "a saved base weight of shape {shape:?} that differs from the base model's {base_ne:?} (resized vocabulary)"
+                ),
+            });
+        }
+    }
     if !new_tokens.is_empty() {
         if drop_unsupported {
             dropped.extend(new_tokens);
@@ -221,7 +261,7 @@ pub fn plan(adapter: &PeftAdapter, base: &BaseModel, drop_unsupported: bool) -> 
             }
         }
     }
-    targets.sort_by(|a, b| tensor_order(&a.tensor).cmp(&tensor_order(&b.tensor)));
+    targets.sort_by_key(|t| tensor_order(&t.tensor));
     Ok(Plan {
         alpha,
         targets,

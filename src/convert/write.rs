@@ -33,7 +33,9 @@ fn tensor_type(requested: GgmlType, ne0: u64) -> (GgmlType, Option<String>) {
     if requested == GgmlType::Q8_0 && ne0 % 32 != 0 {
         (
             GgmlType::F16,
-            Some(format!("row length {ne0} is not a multiple of Q8_0's 32-element block")),
+            Some(format!(
+                "row length {ne0} is not a multiple of Q8_0's 32-element block"
+            )),
         )
     } else {
         (requested, None)
@@ -72,7 +74,12 @@ pub fn planned_fallbacks(plan: &Plan, outtype: GgmlType) -> Vec<Fallback> {
     descriptors(plan, outtype).1
 }
 
-fn metadata(adapter: &PeftAdapter, base: &BaseModel, plan: &Plan, transforms: &[String]) -> Vec<(String, MetaValue)> {
+fn metadata(
+    adapter: &PeftAdapter,
+    base: &BaseModel,
+    plan: &Plan,
+    transforms: &[String],
+) -> Vec<(String, MetaValue)> {
     let s = |v: &str| MetaValue::Str(v.to_string());
     let mut m = vec![
         ("general.architecture".to_string(), s(base.arch.name)),
@@ -84,32 +91,63 @@ fn metadata(adapter: &PeftAdapter, base: &BaseModel, plan: &Plan, transforms: &[
         m.push(("general.name".to_string(), s(name)));
     }
     if let Some(tokens) = &adapter.config.alora_invocation_tokens {
-        m.push(("adapter.alora.invocation_tokens".to_string(), MetaValue::ArrU32(tokens.clone())));
+        m.push((
+            "adapter.alora.invocation_tokens".to_string(),
+            MetaValue::ArrU32(tokens.clone()),
+        ));
     }
     if let Some(b) = &adapter.config.base_model_name_or_path {
         m.push(("general.base_model.0.name".to_string(), s(b)));
     }
-    m.push(("loraguard.version".to_string(), s(env!("CARGO_PKG_VERSION"))));
-    m.push(("loraguard.source.file".to_string(), s(
-        adapter.weights_path.file_name().and_then(|n| n.to_str()).unwrap_or("adapter_model.safetensors"),
-    )));
+    m.push((
+        "loraguard.version".to_string(),
+        s(env!("CARGO_PKG_VERSION")),
+    ));
+    m.push((
+        "loraguard.source.file".to_string(),
+        s(adapter
+            .weights_path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("adapter_model.safetensors")),
+    ));
     m.push((SHA_KEY.to_string(), s(&"0".repeat(64))));
-    m.push(("loraguard.peft.r".to_string(), MetaValue::U32(adapter.config.r as u32)));
-    m.push(("loraguard.peft.lora_alpha".to_string(), MetaValue::F32(adapter.config.lora_alpha as f32)));
-    m.push(("loraguard.peft.use_rslora".to_string(), MetaValue::Bool(adapter.config.use_rslora)));
-    m.push(("loraguard.transforms".to_string(), MetaValue::ArrStr(transforms.to_vec())));
+    m.push((
+        "loraguard.peft.r".to_string(),
+        MetaValue::U32(adapter.config.r as u32),
+    ));
+    m.push((
+        "loraguard.peft.lora_alpha".to_string(),
+        MetaValue::F32(adapter.config.lora_alpha as f32),
+    ));
+    m.push((
+        "loraguard.peft.use_rslora".to_string(),
+        MetaValue::Bool(adapter.config.use_rslora),
+    ));
+    m.push((
+        "loraguard.transforms".to_string(),
+        MetaValue::ArrStr(transforms.to_vec()),
+    ));
     m
 }
 
 /// Build and encode one target's two tensors.
-fn encode_target(adapter: &PeftAdapter, t: &Target, ty_a: GgmlType, ty_b: GgmlType) -> Result<(Vec<u8>, Vec<u8>)> {
+fn encode_target(
+    adapter: &PeftAdapter,
+    t: &Target,
+    ty_a: GgmlType,
+    ty_b: GgmlType,
+) -> Result<(Vec<u8>, Vec<u8>)> {
     let built = build(adapter, t)?;
     let mut out = Vec::with_capacity(2);
     for (m, ty, suffix) in [(&built.a, ty_a, "lora_a"), (&built.b, ty_b, "lora_b")] {
         if ty == GgmlType::F16 && !fits_f16(&m.data) {
             return Err(Error::Unsupported {
                 path: adapter.weights_path.clone(),
-                feature: format!("{}.{suffix} has values beyond F16's range (±65504)", t.tensor),
+                feature: format!(
+                    "{}.{suffix} has values beyond F16's range (±65504)",
+                    t.tensor
+                ),
                 hint: Some("use --outtype f32 or --outtype bf16".into()),
             });
         }

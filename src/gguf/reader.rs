@@ -69,11 +69,18 @@ impl GgufFile {
         let mut tensors = Vec::with_capacity(model.tensors().len());
         let mut index = HashMap::new();
         for t in model.tensors() {
-            let ty = GgmlType::from_id(t.kind)
-                .ok_or_else(|| bad(format!("tensor {} has unknown ggml type id {}", t.name, t.kind)))?;
-            let size = ty
-                .tensor_bytes(&t.shape)
-                .ok_or_else(|| bad(format!("tensor {} has a shape {:?} invalid for {ty}", t.name, t.shape)))?;
+            let ty = GgmlType::from_id(t.kind).ok_or_else(|| {
+                bad(format!(
+                    "tensor {} has unknown ggml type id {}",
+                    t.name, t.kind
+                ))
+            })?;
+            let size = ty.tensor_bytes(&t.shape).ok_or_else(|| {
+                bad(format!(
+                    "tensor {} has a shape {:?} invalid for {ty}",
+                    t.name, t.shape
+                ))
+            })?;
             let offset = data_offset
                 .checked_add(t.offset)
                 .filter(|o| o.checked_add(size).is_some_and(|end| end <= file_size))

@@ -116,7 +116,9 @@ impl GgmlType {
         if row_len % self.block_size() != 0 {
             return None;
         }
-        let rows = ne[1..].iter().try_fold(1u64, |acc, d| acc.checked_mul(*d))?;
+        let rows = ne[1..]
+            .iter()
+            .try_fold(1u64, |acc, d| acc.checked_mul(*d))?;
         (row_len / self.block_size())
             .checked_mul(self.block_bytes())?
             .checked_mul(rows)

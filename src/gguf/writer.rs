@@ -69,7 +69,11 @@ fn pad(n: u64, align: u64) -> u64 {
 impl<W: Write> GgufWriter<W> {
     /// Write the header (metadata and tensor infos, with offsets) and return a
     /// writer that expects the tensors' data in the same order.
-    pub fn start(mut out: W, metadata: &[(String, MetaValue)], tensors: Vec<TensorDesc>) -> std::io::Result<Self> {
+    pub fn start(
+        mut out: W,
+        metadata: &[(String, MetaValue)],
+        tensors: Vec<TensorDesc>,
+    ) -> std::io::Result<Self> {
         let alignment = DEFAULT_ALIGNMENT;
         let mut head: Vec<u8> = Vec::new();
         head.extend_from_slice(&GGUF_MAGIC);
@@ -113,18 +117,29 @@ impl<W: Write> GgufWriter<W> {
     /// Absolute file offset of the bytes of string metadata value `key`, so a
     /// placeholder of the final length can be patched after streaming.
     pub fn string_value_offset(&self, key: &str) -> Option<u64> {
-        self.string_offsets.iter().find(|(k, _)| k == key).map(|(_, o)| *o)
+        self.string_offsets
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, o)| *o)
     }
 
     /// Write the next tensor's data, which must be exactly its size.
     pub fn write_tensor(&mut self, data: &[u8]) -> std::io::Result<()> {
         let t = self.tensors.get(self.next).ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "more tensors written than declared")
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "more tensors written than declared",
+            )
         })?;
         if data.len() as u64 != t.bytes() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
-                format!("tensor {}: {} bytes given, {} declared", t.name, data.len(), t.bytes()),
+                format!(
+                    "tensor {}: {} bytes given, {} declared",
+                    t.name,
+                    data.len(),
+                    t.bytes()
+                ),
             ));
         }
         self.out.write_all(data)?;
@@ -143,7 +158,11 @@ impl<W: Write> GgufWriter<W> {
         if self.next != self.tensors.len() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
-                format!("{} tensors declared, {} written", self.tensors.len(), self.next),
+                format!(
+                    "{} tensors declared, {} written",
+                    self.tensors.len(),
+                    self.next
+                ),
             ));
         }
         self.out.flush()?;

@@ -85,6 +85,10 @@ pub struct PeftAdapter {
     pub unsupported: Vec<UnsupportedTensor>,
     /// All-zero `lora_B.bias` tensors, which change nothing and are skipped.
     pub zero_biases: Vec<String>,
+    /// `<module>.base_layer.weight` copies PEFT saves with
+    /// `save_embedding_layers`: (module, tensor name, shape). They are the
+    /// base's own weights, skipped when their shape matches the base.
+    pub base_layer_copies: Vec<(String, String, Vec<usize>)>,
 }
 
 impl std::fmt::Debug for PeftAdapter {
@@ -102,9 +106,10 @@ pub fn looks_like_peft(path: &Path) -> bool {
     if path.is_dir() {
         path.join(CONFIG_NAME).is_file()
     } else {
-        path.parent()
-            .is_some_and(|d| d.join(CONFIG_NAME).is_file())
-            && path.extension().is_some_and(|e| e == "safetensors" || e == "bin")
+        path.parent().is_some_and(|d| d.join(CONFIG_NAME).is_file())
+            && path
+                .extension()
+                .is_some_and(|e| e == "safetensors" || e == "bin")
     }
 }
 
@@ -121,10 +126,15 @@ impl PeftAdapter {
             }
             (path.to_path_buf(), st)
         } else {
-            if path.extension().is_some_and(|e| e == "bin" || e == "pt" || e == "pth") {
+            if path
+                .extension()
+                .is_some_and(|e| e == "bin" || e == "pt" || e == "pth")
+            {
                 return Err(Error::Pickle { path: path.into() });
             }
-            let dir = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+            let dir = path
+                .parent()
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
             (dir, path.to_path_buf())
         };
         let config = LoraConfig::from_file(&dir.join(CONFIG_NAME))?;
@@ -137,6 +147,7 @@ impl PeftAdapter {
             pairs: Vec::new(),
             unsupported: Vec::new(),
             zero_biases: Vec::new(),
+            base_layer_copies: Vec::new(),
         };
         adapter.pair_tensors()?;
         Ok(adapter)
@@ -255,7 +266,9 @@ impl PeftAdapter {
             ]
             .into_iter()
             .find_map(|(suffix, kind, is_a)| {
-                stripped.strip_suffix(suffix).map(|m| (m.to_string(), kind, is_a))
+                stripped
+                    .strip_suffix(suffix)
+                    .map(|m| (m.to_string(), kind, is_a))
             });
             if let Some((module, kind, is_a)) = classified {
                 let span = span()?;
@@ -280,7 +293,9 @@ impl PeftAdapter {
                             .into(),
                     ),
                 });
-            } else if stripped.ends_with(".lora_B.bias") || stripped.ends_with(".lora_embedding_B.bias") {
+            } else if stripped.ends_with(".lora_B.bias")
+                || stripped.ends_with(".lora_embedding_B.bias")
+            {
                 let bytes = self
                     .mmap
                     .get(data_start + info.data_offsets.0..data_start + info.data_offsets.1)
@@ -294,8 +309,13 @@ impl PeftAdapter {
                         hint: Some("train with lora_bias=False, or merge the adapter into the base model instead".into()),
                     });
                 }
+            } else if let Some(module) = stripped.strip_suffix(".base_layer.weight") {
+                self.base_layer_copies
+                    .push((module.to_string(), name.clone(), info.shape.clone()));
             } else {
-                let reason = if stripped.contains("trainable_tokens") || stripped.contains("token_adapter") {
+                let reason = if stripped.contains("trainable_tokens")
+                    || stripped.contains("token_adapter")
+                {
                     "trainable token embeddings (new or retrained tokens)"
                 } else if stripped.ends_with(".bias") {
                     "a trained base bias (bias = \"all\" or \"lora_only\")"
@@ -365,8 +385,9 @@ impl PeftAdapter {
             return Err(Error::Pairing {
                 path: self.weights_path.clone(),
                 problem: "no LoRA pairs found",
-                tensors: "expected tensors named base_model.model.<module>.lora_A.weight / lora_B.weight"
-                    .into(),
+                tensors:
+                    "expected tensors named base_model.model.<module>.lora_A.weight / lora_B.weight"
+                        .into(),
             });
         }
         Ok(())
@@ -386,7 +407,9 @@ fn is_all_zero(dtype: Dtype, bytes: &[u8]) -> bool {
         _ => return bytes.iter().all(|b| *b == 0),
     };
     bytes.chunks_exact(width).all(|c| {
-        let (last, rest) = c.split_last().expect("chunks_exact yields non-empty chunks");
+        let (last, rest) = c
+            .split_last()
+            .expect("chunks_exact yields non-empty chunks");
         rest.iter().all(|b| *b == 0) && (*last & 0x7f) == 0
     })
 }

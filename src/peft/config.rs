@@ -59,7 +59,10 @@ impl LoraConfig {
             return Err(Error::malformed(
                 path,
                 "adapter_config.json",
-                format!("{} bytes is over the {MAX_CONFIG_BYTES}-byte cap", meta.len()),
+                format!(
+                    "{} bytes is over the {MAX_CONFIG_BYTES}-byte cap",
+                    meta.len()
+                ),
             ));
         }
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
@@ -74,11 +77,16 @@ impl LoraConfig {
             .as_object()
             .ok_or_else(|| bad("top level is not a JSON object".into()))?;
 
-        let peft_type = obj.get("peft_type").and_then(Value::as_str).unwrap_or("LORA");
+        let peft_type = obj
+            .get("peft_type")
+            .and_then(Value::as_str)
+            .unwrap_or("LORA");
         if !peft_type.eq_ignore_ascii_case("LORA") {
             return Err(Error::Unsupported {
                 path: path.into(),
-                feature: format!("peft_type {peft_type:?} (only LORA adapters convert to GGUF LoRA)"),
+                feature: format!(
+                    "peft_type {peft_type:?} (only LORA adapters convert to GGUF LoRA)"
+                ),
                 hint: None,
             });
         }
@@ -114,14 +122,19 @@ impl LoraConfig {
                     a.iter()
                         .map(|v| v.as_u64().and_then(|x| u32::try_from(x).ok()))
                         .collect::<Option<Vec<u32>>>()
-                        .ok_or_else(|| bad("alora_invocation_tokens holds a non-token value".into()))?,
+                        .ok_or_else(|| {
+                            bad("alora_invocation_tokens holds a non-token value".into())
+                        })?,
                 ),
                 Some(_) => return Err(bad("alora_invocation_tokens is not an array".into())),
             },
         };
         for p in cfg.rank_pattern.iter() {
             if p.value < 1.0 || p.value.fract() != 0.0 {
-                return Err(bad(format!("rank_pattern[{:?}] = {} is not a positive integer", p.key, p.value)));
+                return Err(bad(format!(
+                    "rank_pattern[{:?}] = {} is not a positive integer",
+                    p.key, p.value
+                )));
             }
         }
         cfg.reject_active_unsupported(obj)?;
@@ -151,7 +164,10 @@ impl LoraConfig {
         }
         if let Some(Value::Array(a)) = obj.get("target_parameters") {
             if !a.is_empty() {
-                return Err(unsupported("target_parameters (LoRA on raw parameters, e.g. MoE experts)", None));
+                return Err(unsupported(
+                    "target_parameters (LoRA on raw parameters, e.g. MoE experts)",
+                    None,
+                ));
             }
         }
         for key in ["use_qalora", "use_bdlora"] {
@@ -247,7 +263,10 @@ fn get_uint(obj: &Map<String, Value>, key: &str) -> std::result::Result<Option<u
 
 fn string_list(v: Option<&Value>) -> Vec<String> {
     match v {
-        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(String::from))
+            .collect(),
         Some(Value::String(s)) => vec![s.clone()],
         _ => Vec::new(),
     }
@@ -276,11 +295,9 @@ mod tests {
 
     #[test]
     fn patterns_match_as_suffix_or_regex_first_key_wins() {
-        let c = cfg(
-            r#"{"r": 8, "lora_alpha": 16,
+        let c = cfg(r#"{"r": 8, "lora_alpha": 16,
                 "rank_pattern": {"layers.1.self_attn.q_proj": 4, "v_proj": 2},
-                "alpha_pattern": {"layers\\.[01]\\.self_attn\\.k_proj": 3, "k_proj": 5}}"#,
-        )
+                "alpha_pattern": {"layers\\.[01]\\.self_attn\\.k_proj": 3, "k_proj": 5}}"#)
         .unwrap();
         assert_eq!(c.module_scale("model.layers.1.self_attn.q_proj").rank, 4);
         assert_eq!(c.module_scale("model.layers.11.self_attn.q_proj").rank, 8);
@@ -301,12 +318,23 @@ mod tests {
 
     #[test]
     fn other_peft_types_are_refused() {
-        assert!(matches!(cfg(r#"{"peft_type": "IA3"}"#), Err(Error::Unsupported { .. })));
+        assert!(matches!(
+            cfg(r#"{"peft_type": "IA3"}"#),
+            Err(Error::Unsupported { .. })
+        ));
     }
 
     #[test]
     fn malformed_json_is_an_error_not_a_panic() {
-        for text in ["", "{", "[]", r#"{"r": -1}"#, r#"{"r": 0}"#, r#"{"rank_pattern": {"(": 2}}"#, r#"{"rank_pattern": {"a": 1.5}}"#] {
+        for text in [
+            "",
+            "{",
+            "[]",
+            r#"{"r": -1}"#,
+            r#"{"r": 0}"#,
+            r#"{"rank_pattern": {"(": 2}}"#,
+            r#"{"rank_pattern": {"a": 1.5}}"#,
+        ] {
             assert!(matches!(cfg(text), Err(Error::Malformed { .. })), "{text}");
         }
     }

@@ -4,5 +4,8 @@
 mod adapter;
 mod config;
 
-pub use adapter::{looks_like_peft, LoraPair, PairKind, PeftAdapter, TensorSpan, UnsupportedTensor, CONFIG_NAME, SAFETENSORS_NAME};
+pub use adapter::{
+    looks_like_peft, LoraPair, PairKind, PeftAdapter, TensorSpan, UnsupportedTensor, CONFIG_NAME,
+    SAFETENSORS_NAME,
+};
 pub use config::{LoraConfig, ModuleScale, MAX_CONFIG_BYTES};
