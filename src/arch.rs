@@ -10,8 +10,7 @@
 pub enum Slot {
     /// The whole tensor `blk.N.<name>.weight`.
     Whole(&'static str),
-    /// One row block of a fused tensor: `blk.N.<name>.weight`, part `index`
-    /// `part` of its row blocks ([`FusedPart`]).
+    /// One row block ([`FusedPart`]) of the fused tensor `blk.N.<name>.weight`.
     Part(&'static str, FusedPart),
 }
 

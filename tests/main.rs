@@ -1,6 +1,8 @@
 //! loraguard's integration tests: one binary, one module per area.
 //! Tests that load llama.cpp share its once-initialised backend.
 
+mod architectures;
+mod cli;
 mod common;
 mod convert_e2e;
 mod ggml_parity;

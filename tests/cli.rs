@@ -1,0 +1,165 @@
+//! The binary: help, inspect, convert output and exit codes.
+
+use std::process::Command;
+
+use crate::common::*;
+
+fn loraguard(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_loraguard"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn os(s: &str) -> &std::ffi::OsStr {
+    s.as_ref()
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let out = loraguard(&[os("--help")]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["convert", "inspect"] {
+        assert!(text.contains(cmd), "{text}");
+    }
+}
+
+#[test]
+fn inspect_peft_reports_per_module_scales_as_json() {
+    let ad = tiny_adapter("rslora-patterns");
+    let out = loraguard(&[os("inspect"), ad.as_os_str(), os("--json")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["kind"], "peft-lora");
+    let modules = v["modules"].as_array().unwrap();
+    assert_eq!(modules.len(), 14);
+    let q1 = modules
+        .iter()
+        .find(|m| m["name"] == "model.layers.1.self_attn.q_proj")
+        .unwrap();
+    assert_eq!(q1["rank"], 4);
+    assert_eq!(q1["scale"], 4.0); // rsLoRA: 8 / sqrt(4)
+    let k0 = modules
+        .iter()
+        .find(|m| m["name"] == "model.layers.0.self_attn.k_proj")
+        .unwrap();
+    assert_eq!(k0["alpha"], 32.0);
+}
+
+#[test]
+fn inspect_gguf_adapter_shows_the_same_effective_scale() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out_path, _) = convert_to(
+        &tiny_adapter("rslora-patterns"),
+        &tiny_base(),
+        dir.path(),
+        loraguard::convert::OutType::F32,
+    );
+    let out = loraguard(&[
+        os("inspect"),
+        out_path.as_os_str(),
+        os("--json"),
+        os("--base"),
+        tiny_base().as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["kind"], "gguf-lora");
+    assert_eq!(v["fit"]["fits"], true);
+    // llama.cpp's alpha/rank for q of layer 1 is 8/4 = 2; the rest of PEFT's
+    // scale (4 = 8/sqrt(4)) is baked into lora_b.
+    let q1 = v["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "blk.1.attn_q.weight")
+        .unwrap();
+    assert_eq!(q1["scale"], 2.0);
+}
+
+#[test]
+fn inspect_with_a_wrong_base_says_why_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let (lora, _) = convert_to(
+        &tiny_adapter("plain"),
+        &tiny_base(),
+        dir.path(),
+        loraguard::convert::OutType::F16,
+    );
+    let out = loraguard(&[
+        os("inspect"),
+        lora.as_os_str(),
+        os("--base"),
+        smollm2_model().as_os_str(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("fits") && text.contains("NO"), "{text}");
+    assert!(text.contains("do not fit base"), "{text}");
+}
+
+#[test]
+fn convert_json_report_and_mismatch_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("o.gguf");
+    let out = loraguard(&[
+        os("convert"),
+        tiny_adapter("plain").as_os_str(),
+        os("--base"),
+        tiny_base().as_os_str(),
+        os("-o"),
+        out_path.as_os_str(),
+        os("--outtype"),
+        os("q8_0"),
+        os("--json"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["targets"], 14);
+    assert_eq!(v["fallbacks"].as_array().unwrap().len(), 14);
+    // The same adapter against SmolLM2: every problem, a hint, exit 2.
+    let out = loraguard(&[
+        os("convert"),
+        tiny_adapter("plain").as_os_str(),
+        os("--base"),
+        smollm2_model().as_os_str(),
+        os("-o"),
+        dir.path().join("x.gguf").as_os_str(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tensors expect in_features 64, the base has 576"),
+        "{err}"
+    );
+    assert!(err.contains("hint:"), "{err}");
+    assert!(!dir.path().join("x.gguf").exists());
+}
+
+#[test]
+fn unknown_outtype_is_a_usage_error() {
+    let out = loraguard(&[
+        os("convert"),
+        os("x"),
+        os("--base"),
+        os("y"),
+        os("-o"),
+        os("z"),
+        os("--outtype"),
+        os("q4_9"),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}
