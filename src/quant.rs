@@ -4,6 +4,7 @@
 //! against ggml through the ffi crate): per block of 32, `d = amax / 127`,
 //! `q = round(x / d)` rounding half away from zero, `d` stored as f16.
 
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 use crate::gguf::GgmlType;
@@ -49,9 +50,13 @@ pub fn encode_into(ty: GgmlType, data: &[f32], out: &mut Vec<u8>) -> bool {
             }
         }
         GgmlType::F16 => {
+            // half's slice conversion uses F16C when the CPU has it
+            // (detected at run time), rounding to nearest even like ggml.
+            let mut tmp = vec![f16::ZERO; data.len()];
+            tmp.convert_from_f32_slice(data);
             out.reserve(data.len() * 2);
-            for v in data {
-                out.extend_from_slice(&f16::from_f32(*v).to_le_bytes());
+            for h in tmp {
+                out.extend_from_slice(&h.to_le_bytes());
             }
         }
         GgmlType::BF16 => {
@@ -125,6 +130,15 @@ mod tests {
                 assert!((a - b).abs() <= step * 0.5 + step * 2e-3, "{a} vs {b}");
             }
         }
+    }
+
+    #[test]
+    fn f16_slice_encoding_matches_scalar_rounding() {
+        let data: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) * 1.000_123_4e-3 + 1e-7 * i as f32).collect();
+        let mut out = Vec::new();
+        assert!(encode_into(GgmlType::F16, &data, &mut out));
+        let scalar: Vec<u8> = data.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect();
+        assert_eq!(out, scalar);
     }
 
     #[test]
