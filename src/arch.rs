@@ -210,20 +210,20 @@ impl ArchSpec {
 /// `rows × cols` matrix, as `convert_hf_to_gguf.py`'s `permute` does to the
 /// base weight: `reshape(n_head, 2, rows/n_head/2, cols).swapaxes(1, 2)`.
 pub fn permute_rows(data: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
-    let head = rows / n_head;
-    let half = head / 2;
     let mut out = vec![0f32; data.len()];
-    for h in 0..n_head {
-        for i in 0..2 {
-            for j in 0..half {
-                let src = h * head + i * half + j;
-                let dst = h * head + j * 2 + i;
-                out[dst * cols..(dst + 1) * cols]
-                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
-            }
-        }
+    for dst in 0..rows {
+        let src = permuted_source_row(dst, rows, n_head);
+        out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
     }
     out
+}
+
+/// The input row that lands at row `dst` under [`permute_rows`]: within each
+/// head of `hd = rows / n_head` rows, row `2j + i` takes row `i·hd/2 + j`.
+pub fn permuted_source_row(dst: usize, rows: usize, n_head: usize) -> usize {
+    let hd = rows / n_head;
+    let (h, w) = (dst / hd, dst % hd);
+    h * hd + (w % 2) * (hd / 2) + w / 2
 }
 
 #[cfg(test)]

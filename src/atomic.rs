@@ -45,7 +45,8 @@ impl AtomicFile {
 
     /// A buffered writer over the temp file.
     pub fn writer(&mut self) -> BufWriter<&mut File> {
-        BufWriter::with_capacity(4 << 20, self.temp.as_file_mut())
+        // Small buffer: tensor-sized writes bypass it and go straight to the file.
+        BufWriter::with_capacity(256 << 10, self.temp.as_file_mut())
     }
 
     /// The temp file itself, for seeks and patches.

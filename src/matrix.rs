@@ -1,6 +1,6 @@
 //! Dense row-major f32 matrices and the source dtypes we decode into them.
 
-use half::{bf16, f16};
+use half::f16;
 
 /// Element types a PEFT adapter may store its factors in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,20 +51,8 @@ impl Matrix {
     /// The caller has checked that `bytes.len() == rows * cols * dtype.size()`.
     pub fn decode(rows: usize, cols: usize, dtype: SourceDtype, bytes: &[u8]) -> Self {
         debug_assert_eq!(bytes.len(), rows * cols * dtype.size());
-        let data = match dtype {
-            SourceDtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            SourceDtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            SourceDtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-        };
+        let mut data = vec![0f32; rows * cols];
+        decode_into(dtype, bytes, &mut data);
         Matrix { rows, cols, data }
     }
 
@@ -112,6 +100,30 @@ impl Matrix {
     }
 }
 
+/// Decode little-endian `bytes` of `dtype` into `out` (one value per element).
+pub fn decode_into(dtype: SourceDtype, bytes: &[u8], out: &mut [f32]) {
+    match dtype {
+        SourceDtype::F32 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        SourceDtype::F16 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = f16::from_le_bytes([c[0], c[1]]).to_f32();
+            }
+        }
+        SourceDtype::BF16 => {
+            let bytes = &bytes[..out.len() * 2];
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = f32::from_bits(
+                    ((bytes[2 * i] as u32) << 16) | ((bytes[2 * i + 1] as u32) << 24),
+                );
+            }
+        }
+    }
+}
+
 /// Count non-finite values directly in encoded bytes, without decoding a copy.
 pub fn count_non_finite(dtype: SourceDtype, bytes: &[u8]) -> usize {
     match dtype {
@@ -133,6 +145,7 @@ pub fn count_non_finite(dtype: SourceDtype, bytes: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use half::bf16;
 
     #[test]
     fn non_finite_detection_in_every_dtype() {

@@ -3,7 +3,7 @@
 use std::fs::File;
 use std::path::Path;
 
-use memmap2::Mmap;
+use memmap2::{Mmap, MmapOptions};
 
 use crate::error::{Error, Result};
 
@@ -18,5 +18,6 @@ pub fn map_file(path: &Path) -> Result<Mmap> {
     // truncating the file while it is mapped would be undefined behaviour; that
     // is the accepted contract of every mmap-based model reader (safetensors,
     // llama.cpp), and loraguard never modifies its inputs.
-    unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))
+    // populate: fault every page in with one call (the inputs are read whole).
+    unsafe { MmapOptions::new().populate().map(&file) }.map_err(|e| Error::io(path, e))
 }

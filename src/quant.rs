@@ -42,27 +42,29 @@ pub fn quantize_block_q8_0(x: &[f32; QK8_0]) -> BlockQ8_0 {
 /// of the type's block size; returns false (writing nothing) for a type
 /// loraguard does not encode.
 pub fn encode_into(ty: GgmlType, data: &[f32], out: &mut Vec<u8>) -> bool {
+    // GGUF is little-endian; the casts below write native byte order.
+    const _: () = assert!(
+        cfg!(target_endian = "little"),
+        "loraguard writes GGUF on little-endian hosts only"
+    );
     match ty {
-        GgmlType::F32 => {
-            out.reserve(data.len() * 4);
-            for v in data {
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-        }
+        GgmlType::F32 => out.extend_from_slice(bytemuck::cast_slice(data)),
         GgmlType::F16 => {
             // half's slice conversion uses F16C when the CPU has it
             // (detected at run time), rounding to nearest even like ggml.
-            let mut tmp = vec![f16::ZERO; data.len()];
-            tmp.convert_from_f32_slice(data);
-            out.reserve(data.len() * 2);
-            for h in tmp {
-                out.extend_from_slice(&h.to_le_bytes());
+            let mut tmp = [f16::ZERO; 4096];
+            for chunk in data.chunks(tmp.len()) {
+                let t = &mut tmp[..chunk.len()];
+                t.convert_from_f32_slice(chunk);
+                out.extend_from_slice(bytemuck::cast_slice(t));
             }
         }
         GgmlType::BF16 => {
-            out.reserve(data.len() * 2);
-            for v in data {
-                out.extend_from_slice(&bf16::from_f32(*v).to_le_bytes());
+            let mut tmp = [bf16::ZERO; 4096];
+            for chunk in data.chunks(tmp.len()) {
+                let t = &mut tmp[..chunk.len()];
+                t.convert_from_f32_slice(chunk);
+                out.extend_from_slice(bytemuck::cast_slice(t));
             }
         }
         GgmlType::Q8_0 => {
@@ -134,10 +136,29 @@ mod tests {
 
     #[test]
     fn f16_slice_encoding_matches_scalar_rounding() {
-        let data: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) * 1.000_123_4e-3 + 1e-7 * i as f32).collect();
+        let data: Vec<f32> = (0..1000)
+            .map(|i| (i as f32 - 500.0) * 1.000_123_4e-3 + 1e-7 * i as f32)
+            .collect();
         let mut out = Vec::new();
         assert!(encode_into(GgmlType::F16, &data, &mut out));
-        let scalar: Vec<u8> = data.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect();
+        let scalar: Vec<u8> = data
+            .iter()
+            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+            .collect();
+        assert_eq!(out, scalar);
+    }
+
+    #[test]
+    fn bf16_slice_encoding_matches_scalar_rounding() {
+        let data: Vec<f32> = (0..5000)
+            .map(|i| (i as f32 - 2500.0) * 1.000_123_4e-3 + 1e-7 * i as f32)
+            .collect();
+        let mut out = Vec::new();
+        assert!(encode_into(GgmlType::BF16, &data, &mut out));
+        let scalar: Vec<u8> = data
+            .iter()
+            .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+            .collect();
         assert_eq!(out, scalar);
     }
 

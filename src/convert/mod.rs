@@ -5,13 +5,13 @@
 //! rsLoRA, with `rank_pattern` and `alpha_pattern` per module): per-module
 //! differences are baked into `lora_b` (see [`plan::effective_b_factor`]).
 
-mod build;
+mod encode;
 mod plan;
 mod write;
 
 use std::path::{Path, PathBuf};
 
-pub use build::{build, BuiltPair};
+pub use encode::encode_target;
 pub use plan::{effective_b_factor, plan, Plan, Target, TargetPart};
 pub use write::write_gguf;
 

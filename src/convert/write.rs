@@ -5,7 +5,7 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
-use super::build::build;
+use super::encode::{encode_target, BufPool};
 use super::plan::{Plan, Target};
 use super::{ConvertReport, Fallback};
 use crate::atomic::AtomicFile;
@@ -13,7 +13,6 @@ use crate::base::BaseModel;
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufWriter, MetaValue, TensorDesc};
 use crate::peft::{PairKind, PeftAdapter};
-use crate::quant::{encode_into, fits_f16};
 
 /// Metadata key holding the source's sha256 (patched after streaming).
 pub const SHA_KEY: &str = "loraguard.source.sha256";
@@ -131,37 +130,6 @@ fn metadata(
     m
 }
 
-/// Build and encode one target's two tensors.
-fn encode_target(
-    adapter: &PeftAdapter,
-    t: &Target,
-    ty_a: GgmlType,
-    ty_b: GgmlType,
-) -> Result<(Vec<u8>, Vec<u8>)> {
-    let built = build(adapter, t)?;
-    let mut out = Vec::with_capacity(2);
-    for (m, ty, suffix) in [(&built.a, ty_a, "lora_a"), (&built.b, ty_b, "lora_b")] {
-        if ty == GgmlType::F16 && !fits_f16(&m.data) {
-            return Err(Error::Unsupported {
-                path: adapter.weights_path.clone(),
-                feature: format!(
-                    "{}.{suffix} has values beyond F16's range (±65504)",
-                    t.tensor
-                ),
-                hint: Some("use --outtype f32 or --outtype bf16".into()),
-            });
-        }
-        let mut bytes = Vec::new();
-        if !encode_into(ty, &m.data, &mut bytes) {
-            return Err(Error::Internal(format!("no encoder for {ty}")));
-        }
-        out.push(bytes);
-    }
-    let b = out.pop().expect("two tensors encoded");
-    let a = out.pop().expect("two tensors encoded");
-    Ok((a, b))
-}
-
 /// Write the plan to `out` atomically; fills the report's fallbacks, hash
 /// and size.
 pub fn write_gguf(
@@ -180,6 +148,7 @@ pub fn write_gguf(
     let mut file = AtomicFile::create(out)?;
     let total = plan.targets.len();
     let chunk = rayon::current_num_threads().max(1) * 2;
+    let pool = BufPool::default();
 
     let (sha, sha_offset) = std::thread::scope(|scope| -> Result<(String, u64)> {
         let hasher = scope.spawn(|| adapter.sha256());
@@ -189,18 +158,20 @@ pub fn write_gguf(
             .ok_or_else(|| Error::Internal("sha256 placeholder missing".into()))?;
         let mut done = 0;
         for (ci, targets) in plan.targets.chunks(chunk).enumerate() {
-            let encoded: Vec<Result<(Vec<u8>, Vec<u8>)>> = targets
+            let encoded: Vec<Result<_>> = targets
                 .par_iter()
                 .enumerate()
                 .map(|(j, t)| {
                     let k = (ci * chunk + j) * 2;
-                    encode_target(adapter, t, types[k], types[k + 1])
+                    encode_target(adapter, t, types[k], types[k + 1], &pool)
                 })
                 .collect();
             for e in encoded {
                 let (a, b) = e?;
                 gw.write_tensor(&a).map_err(io)?;
                 gw.write_tensor(&b).map_err(io)?;
+                pool.put(a);
+                pool.put(b);
             }
             done += targets.len();
             progress(done, total);

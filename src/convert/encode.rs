@@ -1,0 +1,260 @@
+//! Streaming one target's two GGUF tensors straight from the mapped PEFT
+//! factors: rows are decoded into a small reusable f32 buffer, transformed
+//! (stacked, permuted, scaled) and encoded, so no full-size f32 copy of a
+//! factor is ever made. A factor written unchanged in its own dtype is
+//! passed through as a slice of the map, and encoded buffers come from a
+//! [`BufPool`], so steady-state conversion allocates (and page-faults) nothing.
+
+use std::borrow::Cow;
+use std::sync::Mutex;
+
+use super::plan::{Target, TargetPart};
+use crate::arch::permuted_source_row;
+use crate::error::{Error, Result};
+use crate::gguf::GgmlType;
+use crate::matrix::{count_non_finite, decode_into, SourceDtype};
+use crate::peft::{PairKind, PeftAdapter, TensorSpan};
+use crate::quant::{encode_into, fits_f16};
+
+/// Elements batched per encode call.
+const SCRATCH: usize = 16 * 1024;
+
+/// Encode `rows × cols` values of type `ty`, filling each row with `fill`.
+/// Reusable output buffers.
+#[derive(Default)]
+pub struct BufPool(Mutex<Vec<Vec<u8>>>);
+
+impl BufPool {
+    fn get(&self) -> Vec<u8> {
+        let mut v = self
+            .0
+            .lock()
+            .map(|mut p| p.pop())
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        v.clear();
+        v
+    }
+    /// Return an encoded tensor's buffer once it has been written.
+    pub fn put(&self, bytes: Cow<'_, [u8]>) {
+        if let (Cow::Owned(v), Ok(mut p)) = (bytes, self.0.lock()) {
+            p.push(v);
+        }
+    }
+}
+
+fn encode_rows(
+    mut out: Vec<u8>,
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    mut fill: impl FnMut(usize, &mut [f32]),
+) -> Option<Vec<u8>> {
+    let bytes = ty.tensor_bytes(&[cols as u64, rows as u64])? as usize;
+    out.reserve(bytes);
+    let per = (SCRATCH / cols.max(1)).max(1);
+    let mut scratch = vec![0f32; per * cols];
+    let mut row = 0;
+    while row < rows {
+        let n = per.min(rows - row);
+        let buf = &mut scratch[..n * cols];
+        for (k, r) in buf.chunks_exact_mut(cols).enumerate() {
+            fill(row + k, r);
+        }
+        if ty == GgmlType::F16 && !fits_f16(buf) {
+            return None;
+        }
+        if !encode_into(ty, buf, &mut out) {
+            return None;
+        }
+        row += n;
+    }
+    debug_assert_eq!(out.len(), bytes);
+    Some(out)
+}
+
+/// A factor in the mapped file, read row by row.
+struct Src<'a> {
+    bytes: &'a [u8],
+    dtype: SourceDtype,
+    cols: usize,
+}
+
+impl<'a> Src<'a> {
+    fn new(adapter: &'a PeftAdapter, t: &TensorSpan) -> Self {
+        Src {
+            bytes: adapter.bytes(t),
+            dtype: t.dtype,
+            cols: t.shape[1],
+        }
+    }
+    fn row(&self, i: usize, out: &mut [f32]) {
+        let w = self.cols * self.dtype.size();
+        decode_into(self.dtype, &self.bytes[i * w..(i + 1) * w], out);
+    }
+    /// Element (i, j).
+    fn at(&self, i: usize, j: usize) -> f32 {
+        let s = self.dtype.size();
+        let o = (i * self.cols + j) * s;
+        let mut v = [0f32; 1];
+        decode_into(self.dtype, &self.bytes[o..o + s], &mut v);
+        v[0]
+    }
+}
+
+fn same_type(dtype: SourceDtype, ty: GgmlType) -> bool {
+    matches!(
+        (dtype, ty),
+        (SourceDtype::F32, GgmlType::F32)
+            | (SourceDtype::F16, GgmlType::F16)
+            | (SourceDtype::BF16, GgmlType::BF16)
+    )
+}
+
+/// Build and encode `target`'s `lora_a` and `lora_b`.
+pub fn encode_target<'a>(
+    adapter: &'a PeftAdapter,
+    t: &Target,
+    ty_a: GgmlType,
+    ty_b: GgmlType,
+    pool: &BufPool,
+) -> Result<(Cow<'a, [u8]>, Cow<'a, [u8]>)> {
+    for p in &t.parts {
+        let pair = &adapter.pairs[p.pair];
+        for span in [&pair.a, &pair.b] {
+            let bad = count_non_finite(span.dtype, adapter.bytes(span));
+            if bad > 0 {
+                return Err(Error::NonFinite {
+                    path: adapter.weights_path.clone(),
+                    tensor: span.name.clone(),
+                    count: bad,
+                });
+            }
+        }
+    }
+    let range_err = |suffix: &str| Error::Unsupported {
+        path: adapter.weights_path.clone(),
+        feature: format!(
+            "{}.{suffix} has values beyond F16's range (±65504)",
+            t.tensor
+        ),
+        hint: Some("use --outtype f32 or --outtype bf16".into()),
+    };
+    let a = encode_a(adapter, t, ty_a, pool).ok_or_else(|| range_err("lora_a"))?;
+    let b = encode_b(adapter, t, ty_b, pool).ok_or_else(|| range_err("lora_b"))?;
+    Ok((a, b))
+}
+
+fn encode_a<'a>(
+    adapter: &'a PeftAdapter,
+    t: &Target,
+    ty: GgmlType,
+    pool: &BufPool,
+) -> Option<Cow<'a, [u8]>> {
+    if t.kind == PairKind::Embedding {
+        // llama.cpp gathers rows of lora_a per token: store Aᵀ (vocab × r).
+        let a = Src::new(adapter, &adapter.pairs[t.parts[0].pair].a);
+        return encode_rows(pool.get(), ty, t.d_in, t.rank, |v, row| {
+            for (k, x) in row.iter_mut().enumerate() {
+                *x = a.at(k, v);
+            }
+        })
+        .map(Cow::Owned);
+    }
+    if let [p] = t.parts.as_slice() {
+        let span = &adapter.pairs[p.pair].a;
+        if same_type(span.dtype, ty) {
+            return Some(Cow::Borrowed(adapter.bytes(span)));
+        }
+    }
+    // Stack the parts' A rows: part after part, in B's column order.
+    let srcs: Vec<(usize, Src)> = t
+        .parts
+        .iter()
+        .map(|p| {
+            (
+                adapter.pairs[p.pair].rank(),
+                Src::new(adapter, &adapter.pairs[p.pair].a),
+            )
+        })
+        .collect();
+    encode_rows(pool.get(), ty, t.rank, t.d_in, |mut k, row| {
+        for (r, src) in &srcs {
+            if k < *r {
+                src.row(k, row);
+                return;
+            }
+            k -= r;
+        }
+    })
+    .map(Cow::Owned)
+}
+
+fn encode_b<'a>(
+    adapter: &'a PeftAdapter,
+    t: &Target,
+    ty: GgmlType,
+    pool: &BufPool,
+) -> Option<Cow<'a, [u8]>> {
+    if let [p] = t.parts.as_slice() {
+        let span = &adapter.pairs[p.pair].b;
+        if p.b_factor == 1.0
+            && p.permute_heads.is_none()
+            && p.row_offset == 0
+            && same_type(span.dtype, ty)
+        {
+            return Some(Cow::Borrowed(adapter.bytes(span)));
+        }
+    }
+    // Each part is a block: its rows at row_offset, its columns after the
+    // previous parts' ranks; everything else is zero.
+    struct Block<'a> {
+        part: &'a TargetPart,
+        src: Src<'a>,
+        rows: usize,
+        col: usize,
+        rank: usize,
+    }
+    let mut col = 0;
+    let blocks: Vec<Block> = t
+        .parts
+        .iter()
+        .map(|p| {
+            let pair = &adapter.pairs[p.pair];
+            let b = Block {
+                part: p,
+                src: Src::new(adapter, &pair.b),
+                rows: pair.d_out(),
+                col,
+                rank: pair.rank(),
+            };
+            col += pair.rank();
+            b
+        })
+        .collect();
+    let single = blocks.len() == 1 && blocks[0].rank == t.rank;
+    encode_rows(pool.get(), ty, t.d_out, t.rank, |i, row| {
+        if !single {
+            row.fill(0.0);
+        }
+        let Some(b) = blocks
+            .iter()
+            .find(|b| i >= b.part.row_offset && i < b.part.row_offset + b.rows)
+        else {
+            return;
+        };
+        let local = i - b.part.row_offset;
+        let src_row = b
+            .part
+            .permute_heads
+            .map_or(local, |h| permuted_source_row(local, b.rows, h));
+        let dst = &mut row[b.col..b.col + b.rank];
+        b.src.row(src_row, dst);
+        if b.part.b_factor != 1.0 {
+            let f = b.part.b_factor as f32;
+            dst.iter_mut().for_each(|x| *x *= f);
+        }
+    })
+    .map(Cow::Owned)
+}
