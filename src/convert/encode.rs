@@ -112,6 +112,10 @@ fn same_type(dtype: SourceDtype, ty: GgmlType) -> bool {
     )
 }
 
+/// A target's encoded `lora_a` and `lora_b`: borrowed from the map when a
+/// factor passes through unchanged.
+pub type EncodedPair<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
+
 /// Build and encode `target`'s `lora_a` and `lora_b`.
 pub fn encode_target<'a>(
     adapter: &'a PeftAdapter,
@@ -119,7 +123,7 @@ pub fn encode_target<'a>(
     ty_a: GgmlType,
     ty_b: GgmlType,
     pool: &BufPool,
-) -> Result<(Cow<'a, [u8]>, Cow<'a, [u8]>)> {
+) -> Result<EncodedPair<'a>> {
     for p in &t.parts {
         let pair = &adapter.pairs[p.pair];
         for span in [&pair.a, &pair.b] {
