@@ -5,7 +5,7 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
-use super::encode::{encode_target, BufPool};
+use super::encode::{encode_target, BufPool, EncodedPair};
 use super::plan::{Plan, Target};
 use super::{ConvertReport, Fallback};
 use crate::atomic::AtomicFile;
@@ -156,16 +156,20 @@ pub fn write_gguf(
         let sha_offset = gw
             .string_value_offset(SHA_KEY)
             .ok_or_else(|| Error::Internal("sha256 placeholder missing".into()))?;
-        let mut done = 0;
-        for (ci, targets) in plan.targets.chunks(chunk).enumerate() {
-            let encoded: Vec<Result<_>> = targets
+        // Encode chunk i+1 while chunk i is written (rayon::join), so the
+        // file writes overlap the conversion.
+        let encode_chunk = |ci: usize, targets: &[Target]| -> Vec<Result<EncodedPair<'_>>> {
+            targets
                 .par_iter()
                 .enumerate()
                 .map(|(j, t)| {
                     let k = (ci * chunk + j) * 2;
                     encode_target(adapter, t, types[k], types[k + 1], &pool)
                 })
-                .collect();
+                .collect()
+        };
+        let mut write_chunk = |encoded: Vec<Result<EncodedPair<'_>>>| -> Result<usize> {
+            let n = encoded.len();
             for e in encoded {
                 let (a, b) = e?;
                 gw.write_tensor(&a).map_err(io)?;
@@ -173,9 +177,21 @@ pub fn write_gguf(
                 pool.put(a);
                 pool.put(b);
             }
-            done += targets.len();
+            Ok(n)
+        };
+        let mut done = 0;
+        let mut pending: Vec<Result<EncodedPair<'_>>> = Vec::new();
+        for (ci, targets) in plan.targets.chunks(chunk).enumerate() {
+            let (written, next) = rayon::join(
+                || write_chunk(std::mem::take(&mut pending)),
+                || encode_chunk(ci, targets),
+            );
+            done += written?;
             progress(done, total);
+            pending = next;
         }
+        done += write_chunk(pending)?;
+        progress(done, total);
         let mut w = gw.finish().map_err(io)?;
         w.flush().map_err(io)?;
         drop(w);
