@@ -72,6 +72,7 @@ pub enum Error {
 
     /// The adapter does not fit the base model; every problem is listed.
     #[error("adapter {adapter} does not fit base model {base}: {}", summarize(.problems))]
+    // The CLI lists every problem under this line; Display keeps a summary.
     Mismatch {
         adapter: PathBuf,
         base: PathBuf,
@@ -100,17 +101,10 @@ pub enum Error {
 }
 
 fn summarize(problems: &[String]) -> String {
-    const SHOWN: usize = 8;
-    let mut out = problems
-        .iter()
-        .take(SHOWN)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join("; ");
-    if problems.len() > SHOWN {
-        out.push_str(&format!("; and {} more", problems.len() - SHOWN));
+    match problems {
+        [one] => one.clone(),
+        _ => format!("{} kinds of problem", problems.len()),
     }
-    out
 }
 
 impl Error {

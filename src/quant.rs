@@ -135,31 +135,20 @@ mod tests {
     }
 
     #[test]
-    fn f16_slice_encoding_matches_scalar_rounding() {
-        let data: Vec<f32> = (0..1000)
-            .map(|i| (i as f32 - 500.0) * 1.000_123_4e-3 + 1e-7 * i as f32)
-            .collect();
-        let mut out = Vec::new();
-        assert!(encode_into(GgmlType::F16, &data, &mut out));
-        let scalar: Vec<u8> = data
-            .iter()
-            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
-            .collect();
-        assert_eq!(out, scalar);
-    }
-
-    #[test]
-    fn bf16_slice_encoding_matches_scalar_rounding() {
+    fn slice_encodings_match_scalar_rounding() {
         let data: Vec<f32> = (0..5000)
             .map(|i| (i as f32 - 2500.0) * 1.000_123_4e-3 + 1e-7 * i as f32)
             .collect();
-        let mut out = Vec::new();
-        assert!(encode_into(GgmlType::BF16, &data, &mut out));
-        let scalar: Vec<u8> = data
-            .iter()
-            .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
-            .collect();
-        assert_eq!(out, scalar);
+        let scalar: [(GgmlType, fn(f32) -> [u8; 2]); 2] = [
+            (GgmlType::F16, |v| f16::from_f32(v).to_le_bytes()),
+            (GgmlType::BF16, |v| bf16::from_f32(v).to_le_bytes()),
+        ];
+        for (ty, one) in scalar {
+            let mut out = Vec::new();
+            assert!(encode_into(ty, &data, &mut out));
+            let want: Vec<u8> = data.iter().flat_map(|v| one(*v)).collect();
+            assert_eq!(out, want, "{ty}");
+        }
     }
 
     #[test]

@@ -52,6 +52,15 @@ fn custom_adapter(
     extra: &[(&str, &str, [usize; 2], Vec<u8>)],
     config: &str,
 ) -> (tempfile::TempDir, PathBuf) {
+    custom_adapter_b(&[0.02; 64], extra, config)
+}
+
+/// The same with the given `lora_B` values.
+fn custom_adapter_b(
+    b: &[f32],
+    extra: &[(&str, &str, [usize; 2], Vec<u8>)],
+    config: &str,
+) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let ad = dir.path().join("adapter");
     std::fs::create_dir(&ad).unwrap();
@@ -66,7 +75,7 @@ fn custom_adapter(
             "base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight",
             "F32",
             [32, 2],
-            f32s(&[0.02; 64]),
+            f32s(b),
         ),
     ];
     tensors.extend(extra.iter().cloned());
@@ -239,30 +248,9 @@ fn pickle_is_never_read() {
 #[test]
 fn nan_and_inf_are_refused() {
     for bad in [f32::NAN, f32::INFINITY] {
-        let dir = tempfile::tempdir().unwrap();
-        let ad = dir.path().join("adapter");
-        std::fs::create_dir(&ad).unwrap();
         let mut b = vec![0.02f32; 64];
         b[17] = bad;
-        std::fs::write(
-            ad.join("adapter_model.safetensors"),
-            safetensors(&[
-                (
-                    "base_model.model.model.layers.0.self_attn.v_proj.lora_A.weight",
-                    "F32",
-                    [2, 64],
-                    f32s(&[0.01; 128]),
-                ),
-                (
-                    "base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight",
-                    "F32",
-                    [32, 2],
-                    f32s(&b),
-                ),
-            ]),
-        )
-        .unwrap();
-        std::fs::write(ad.join("adapter_config.json"), CONFIG).unwrap();
+        let (_d, ad) = custom_adapter_b(&b, &[], CONFIG);
         assert_refused(
             &ad,
             |e| matches!(e, Error::NonFinite { count: 1, tensor, .. } if tensor.contains("lora_B")),

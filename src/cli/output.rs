@@ -76,7 +76,7 @@ pub fn report_error(e: &anyhow::Error) -> i32 {
     }
     if let Some(lib) = e.downcast_ref::<Error>() {
         if let Error::Mismatch { problems, .. } = lib {
-            for p in problems {
+            for p in problems.iter().filter(|_| problems.len() > 1) {
                 let _ = writeln!(err, "  - {p}");
             }
         }
