@@ -139,7 +139,8 @@ mod tests {
         let data: Vec<f32> = (0..5000)
             .map(|i| (i as f32 - 2500.0) * 1.000_123_4e-3 + 1e-7 * i as f32)
             .collect();
-        let scalar: [(GgmlType, fn(f32) -> [u8; 2]); 2] = [
+        type Scalar = fn(f32) -> [u8; 2];
+        let scalar: [(GgmlType, Scalar); 2] = [
             (GgmlType::F16, |v| f16::from_f32(v).to_le_bytes()),
             (GgmlType::BF16, |v| bf16::from_f32(v).to_le_bytes()),
         ];
