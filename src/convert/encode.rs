@@ -74,6 +74,35 @@ fn encode_rows(
     Some(out)
 }
 
+/// Encode a whole source factor as stored (row-major, no reordering), times
+/// `factor`, decoding it in `SCRATCH`-element slices. Slices are whole Q8_0
+/// blocks because every row length given Q8_0 is a multiple of 32.
+fn encode_contiguous(
+    mut out: Vec<u8>,
+    ty: GgmlType,
+    bytes: &[u8],
+    dtype: SourceDtype,
+    factor: f32,
+) -> Option<Vec<u8>> {
+    let n = bytes.len() / dtype.size();
+    out.reserve(ty.tensor_bytes(&[n as u64])? as usize);
+    let mut scratch = vec![0f32; SCRATCH.min(n)];
+    for chunk in bytes.chunks(SCRATCH * dtype.size()) {
+        let buf = &mut scratch[..chunk.len() / dtype.size()];
+        decode_into(dtype, chunk, buf);
+        if factor != 1.0 {
+            buf.iter_mut().for_each(|x| *x *= factor);
+        }
+        if ty == GgmlType::F16 && !fits_f16(buf) {
+            return None;
+        }
+        if !encode_into(ty, buf, &mut out) {
+            return None;
+        }
+    }
+    Some(out)
+}
+
 /// A factor in the mapped file, read row by row.
 struct Src<'a> {
     bytes: &'a [u8],
@@ -171,6 +200,8 @@ fn encode_a<'a>(
         if same_type(span.dtype, ty) {
             return Some(Cow::Borrowed(adapter.bytes(span)));
         }
+        return encode_contiguous(pool.get(), ty, adapter.bytes(span), span.dtype, 1.0)
+            .map(Cow::Owned);
     }
     // Stack the parts' A rows: part after part, in B's column order.
     let srcs: Vec<(usize, Src)> = t
@@ -209,6 +240,11 @@ fn encode_b<'a>(
             && same_type(span.dtype, ty)
         {
             return Some(Cow::Borrowed(adapter.bytes(span)));
+        }
+        if p.permute_heads.is_none() && p.row_offset == 0 && span.shape[0] == t.d_out {
+            let f = p.b_factor as f32;
+            return encode_contiguous(pool.get(), ty, adapter.bytes(span), span.dtype, f)
+                .map(Cow::Owned);
         }
     }
     // Each part is a block: its rows at row_offset, its columns after the
