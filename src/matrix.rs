@@ -61,25 +61,9 @@ impl Matrix {
         &self.data[i * self.cols..(i + 1) * self.cols]
     }
 
-    /// The transpose.
-    pub fn transpose(&self) -> Matrix {
-        let mut out = Matrix::zeros(self.cols, self.rows);
-        for i in 0..self.rows {
-            for j in 0..self.cols {
-                out.data[j * self.rows + i] = self.data[i * self.cols + j];
-            }
-        }
-        out
-    }
-
     /// Multiply every element by `factor`.
     pub fn scale(&mut self, factor: f32) {
         self.data.iter_mut().for_each(|x| *x *= factor);
-    }
-
-    /// Number of NaN or infinite elements.
-    pub fn count_non_finite(&self) -> usize {
-        self.data.iter().filter(|x| !x.is_finite()).count()
     }
 
     /// `self · other`, accumulated in f64. Meant for tests and small factors.

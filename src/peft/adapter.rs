@@ -165,12 +165,16 @@ impl PeftAdapter {
 
     /// Decode one tensor to f32, refusing NaN and Inf.
     pub fn matrix(&self, t: &TensorSpan) -> Result<Matrix> {
-        let m = Matrix::decode(t.shape[0], t.shape[1], t.dtype, self.bytes(t));
-        let bad = m.count_non_finite();
+        let bad = count_non_finite(t.dtype, self.bytes(t));
         if bad > 0 {
             return Err(self.non_finite(t, bad));
         }
-        Ok(m)
+        Ok(Matrix::decode(
+            t.shape[0],
+            t.shape[1],
+            t.dtype,
+            self.bytes(t),
+        ))
     }
 
     /// Scan every paired tensor for NaN and Inf without decoding copies.
