@@ -468,3 +468,31 @@ fn an_existing_output_survives_a_failed_conversion() {
     assert_eq!(std::fs::read(&out).unwrap(), b"previous");
     assert_eq!(entries(dir.path()), vec!["out.gguf"]);
 }
+
+#[test]
+fn tensors_no_pair_uses_are_refused_unless_dropped() {
+    let stray = "base_model.model.model.layers.0.self_attn.rotary_emb.inv_freq";
+    let (_d, ad) = custom_adapter(&[(stray, "F32", [1, 8], f32s(&[1.0; 8]))], CONFIG);
+    assert_refused(
+        &ad,
+        |e| matches!(e, Error::Unsupported { feature, .. } if feature.contains(stray)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(OutType::F16);
+    o.drop_unsupported = true;
+    let r = convert(
+        &ad,
+        &tiny_base(),
+        Some(&dir.path().join("o.gguf")),
+        &o,
+        &|_, _| {},
+    )
+    .unwrap();
+    assert_eq!(
+        r.dropped
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect::<Vec<_>>(),
+        vec![stray]
+    );
+}

@@ -323,8 +323,15 @@ impl PeftAdapter {
                     "trainable token embeddings (new or retrained tokens)"
                 } else if stripped.ends_with(".bias") {
                     "a trained base bias (bias = \"all\" or \"lora_only\")"
-                } else {
+                } else if self
+                    .config
+                    .modules_to_save
+                    .iter()
+                    .any(|m| stripped.split('.').any(|part| part == m))
+                {
                     "a full trained tensor (modules_to_save)"
+                } else {
+                    "a tensor that no LoRA pair uses"
                 };
                 self.unsupported.push(UnsupportedTensor {
                     name: name.clone(),
