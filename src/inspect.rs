@@ -74,22 +74,14 @@ fn inspect_peft(path: &Path, base: Option<&Path>) -> Result<Inspection> {
     settings.insert("lora_alpha".into(), c.lora_alpha.into());
     settings.insert("use_rslora".into(), c.use_rslora.into());
     settings.insert("fan_in_fan_out".into(), c.fan_in_fan_out.into());
-    settings.insert(
-        "rank_pattern".into(),
-        c.rank_pattern
-            .iter()
+    let patterns = |ps: &[crate::peft::Pattern]| -> serde_json::Value {
+        ps.iter()
             .map(|p| (p.key.clone(), p.value.into()))
             .collect::<serde_json::Map<_, _>>()
-            .into(),
-    );
-    settings.insert(
-        "alpha_pattern".into(),
-        c.alpha_pattern
-            .iter()
-            .map(|p| (p.key.clone(), p.value.into()))
-            .collect::<serde_json::Map<_, _>>()
-            .into(),
-    );
+            .into()
+    };
+    settings.insert("rank_pattern".into(), patterns(&c.rank_pattern));
+    settings.insert("alpha_pattern".into(), patterns(&c.alpha_pattern));
     if let Some(b) = &c.base_model_name_or_path {
         settings.insert("base_model_name_or_path".into(), b.clone().into());
     }

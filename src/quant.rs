@@ -8,6 +8,7 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 use crate::gguf::GgmlType;
+use crate::matrix::{decode_into, SourceDtype};
 
 /// Elements per Q8_0 block.
 pub const QK8_0: usize = 32;
@@ -83,19 +84,15 @@ pub fn encode_into(ty: GgmlType, data: &[f32], out: &mut Vec<u8>) -> bool {
 
 /// Decode `bytes` of type `ty` into f32 (for the types loraguard encodes).
 pub fn decode(ty: GgmlType, bytes: &[u8]) -> Option<Vec<f32>> {
+    let float = |dtype: SourceDtype| {
+        let mut out = vec![0f32; bytes.len() / dtype.size()];
+        decode_into(dtype, bytes, &mut out);
+        out
+    };
     Some(match ty {
-        GgmlType::F32 => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        GgmlType::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        GgmlType::BF16 => bytes
-            .chunks_exact(2)
-            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
+        GgmlType::F32 => float(SourceDtype::F32),
+        GgmlType::F16 => float(SourceDtype::F16),
+        GgmlType::BF16 => float(SourceDtype::BF16),
         GgmlType::Q8_0 => bytes
             .chunks_exact(34)
             .flat_map(|b| {

@@ -84,6 +84,17 @@ fn custom_adapter_b(
     (dir, ad)
 }
 
+/// Convert `adapter` with `--drop-unsupported`; the output must exist.
+fn convert_dropping(adapter: &Path) -> loraguard::convert::ConvertReport {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.gguf");
+    let mut o = opts(OutType::F16);
+    o.drop_unsupported = true;
+    let r = convert(adapter, &tiny_base(), Some(&out), &o, &|_, _| {}).unwrap();
+    assert!(out.is_file());
+    r
+}
+
 const CONFIG: &str =
     r#"{"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["v_proj"]}"#;
 
@@ -179,14 +190,9 @@ fn modules_to_save_is_refused_unless_dropped() {
         &ad,
         |e| matches!(e, Error::Unsupported { feature, .. } if feature.contains("modules_to_save")),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.gguf");
-    let mut o = opts(OutType::F16);
-    o.drop_unsupported = true;
-    let r = convert(&ad, &tiny_base(), Some(&out), &o, &|_, _| {}).unwrap();
+    let r = convert_dropping(&ad);
     assert_eq!(r.dropped.len(), 1);
     assert!(r.dropped[0].name.contains("lm_head"));
-    assert!(out.is_file());
 }
 
 #[test]
@@ -212,17 +218,7 @@ fn embedding_with_new_tokens_is_refused_unless_dropped() {
         &ad,
         |e| matches!(e, Error::Unsupported { feature, .. } if feature.contains("new tokens")),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let mut o = opts(OutType::F16);
-    o.drop_unsupported = true;
-    let r = convert(
-        &ad,
-        &tiny_base(),
-        Some(&dir.path().join("o.gguf")),
-        &o,
-        &|_, _| {},
-    )
-    .unwrap();
+    let r = convert_dropping(&ad);
     assert_eq!(r.targets, 1);
     assert_eq!(r.dropped.len(), 1);
 }
@@ -477,17 +473,7 @@ fn tensors_no_pair_uses_are_refused_unless_dropped() {
         &ad,
         |e| matches!(e, Error::Unsupported { feature, .. } if feature.contains(stray)),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let mut o = opts(OutType::F16);
-    o.drop_unsupported = true;
-    let r = convert(
-        &ad,
-        &tiny_base(),
-        Some(&dir.path().join("o.gguf")),
-        &o,
-        &|_, _| {},
-    )
-    .unwrap();
+    let r = convert_dropping(&ad);
     assert_eq!(
         r.dropped
             .iter()

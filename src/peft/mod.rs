@@ -8,4 +8,4 @@ pub use adapter::{
     looks_like_peft, LoraPair, PairKind, PeftAdapter, TensorSpan, UnsupportedTensor, CONFIG_NAME,
     SAFETENSORS_NAME,
 };
-pub use config::{LoraConfig, ModuleScale, MAX_CONFIG_BYTES};
+pub use config::{LoraConfig, ModuleScale, Pattern, MAX_CONFIG_BYTES};
