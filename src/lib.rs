@@ -8,11 +8,13 @@
 //! - [`convert`]: validation, planning and the streaming converter;
 //! - [`quant`]: tensor encoders (F16, BF16, Q8_0);
 //! - [`inspect`]: what `loraguard inspect` reports;
+//! - [`check`]: running prompts through llama.cpp and detecting refusals;
 //! - [`atomic`]: atomic output files.
 
 pub mod arch;
 pub mod atomic;
 pub mod base;
+pub mod check;
 pub mod convert;
 pub mod error;
 pub mod gguf;

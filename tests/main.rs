@@ -2,6 +2,7 @@
 //! Tests that load llama.cpp share its once-initialised backend.
 
 mod architectures;
+mod check;
 mod cli;
 mod common;
 mod convert_e2e;

@@ -13,15 +13,18 @@
 //! [`ggml`] exposes ggml's quantizers and GGUF reader, so loraguard can test
 //! its own encoders and writers against ggml's code rather than a copy.
 
+mod batch;
 pub mod ggml;
 mod model;
+mod sample;
 mod session;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 pub use model::{Adapter, Model, ModelOptions};
-pub use session::{Session, SessionOptions};
+pub use sample::{argmax, Sampling};
+pub use session::{GenerateOptions, Generated, Session, SessionOptions};
 
 /// Errors from llama.cpp and ggml.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +46,10 @@ pub enum Error {
     SetAdapters(i32),
     #[error("tokenization failed: {0}")]
     Tokenize(String),
+    #[error("chat template: {0}")]
+    Template(String),
+    #[error("{0}")]
+    Generate(String),
     #[error("ggml: {0}")]
     Ggml(String),
 }

@@ -103,6 +103,117 @@ impl Model {
         }
     }
 
+    /// Whether `token` ends generation (EOS, EOT and the like).
+    pub fn is_eog(&self, token: i32) -> bool {
+        // SAFETY: vocab() is valid while self lives; any token id is accepted.
+        unsafe { sys::llama_vocab_is_eog(self.vocab(), token) }
+    }
+
+    /// The bytes of one token's text (special tokens render as empty).
+    pub fn token_bytes(&self, token: i32, out: &mut Vec<u8>) -> Result<()> {
+        let mut buf = [0u8; 256];
+        // SAFETY: buf has room for buf.len() bytes; the vocab is valid.
+        let n = unsafe {
+            sys::llama_token_to_piece(
+                self.vocab(),
+                token,
+                buf.as_mut_ptr().cast(),
+                buf.len() as i32,
+                0,
+                false,
+            )
+        };
+        if n >= 0 {
+            out.extend_from_slice(&buf[..n as usize]);
+            return Ok(());
+        }
+        let need = n.unsigned_abs() as usize;
+        let mut big = vec![0u8; need];
+        // SAFETY: big has room for `need` bytes, as llama.cpp asked.
+        let m = unsafe {
+            sys::llama_token_to_piece(
+                self.vocab(),
+                token,
+                big.as_mut_ptr().cast(),
+                need as i32,
+                0,
+                false,
+            )
+        };
+        if m < 0 {
+            return Err(Error::Tokenize(format!("token {token} has no text")));
+        }
+        out.extend_from_slice(&big[..m as usize]);
+        Ok(())
+    }
+
+    /// The model's own chat template (`tokenizer.chat_template`), if any.
+    pub fn chat_template(&self) -> Option<String> {
+        // SAFETY: the model is valid; a NULL name asks for the default
+        // template. The returned string is owned by the model and copied here.
+        let ptr = unsafe { sys::llama_model_chat_template(self.raw(), std::ptr::null()) };
+        if ptr.is_null() {
+            return None;
+        }
+        // SAFETY: non-NULL, NUL-terminated, alive while the model is.
+        let s = unsafe { std::ffi::CStr::from_ptr(ptr) };
+        Some(s.to_string_lossy().into_owned())
+    }
+
+    /// Render `messages` (`(role, content)`) with llama.cpp's built-in
+    /// implementation of `template` (a template string or a name such as
+    /// `chatml`), ending with the assistant's turn when `add_assistant`.
+    pub fn apply_chat_template(
+        template: &str,
+        messages: &[(&str, &str)],
+        add_assistant: bool,
+    ) -> Result<String> {
+        let tmpl = std::ffi::CString::new(template)
+            .map_err(|_| Error::Template("the chat template contains a NUL byte".into()))?;
+        let owned: Vec<(std::ffi::CString, std::ffi::CString)> = messages
+            .iter()
+            .map(|(r, c)| Ok((std::ffi::CString::new(*r)?, std::ffi::CString::new(*c)?)))
+            .collect::<std::result::Result<_, std::ffi::NulError>>()
+            .map_err(|_| Error::Template("a message contains a NUL byte".into()))?;
+        let chat: Vec<sys::llama_chat_message> = owned
+            .iter()
+            .map(|(r, c)| sys::llama_chat_message {
+                role: r.as_ptr(),
+                content: c.as_ptr(),
+            })
+            .collect();
+        let total: usize = messages.iter().map(|(r, c)| r.len() + c.len()).sum();
+        let mut cap = 2 * total + 256;
+        loop {
+            let mut buf = vec![0u8; cap];
+            let len = i32::try_from(cap)
+                .map_err(|_| Error::Template("the rendered chat exceeds 2 GiB".into()))?;
+            // SAFETY: tmpl and every message string outlive the call; chat
+            // has chat.len() entries; buf has room for `len` bytes.
+            let n = unsafe {
+                sys::llama_chat_apply_template(
+                    tmpl.as_ptr(),
+                    chat.as_ptr(),
+                    chat.len(),
+                    add_assistant,
+                    buf.as_mut_ptr().cast(),
+                    len,
+                )
+            };
+            if n < 0 {
+                return Err(Error::Template(
+                    "llama.cpp does not support this chat template".into(),
+                ));
+            }
+            if (n as usize) <= cap {
+                buf.truncate(n as usize);
+                return String::from_utf8(buf)
+                    .map_err(|_| Error::Template("the rendered chat is not UTF-8".into()));
+            }
+            cap = n as usize;
+        }
+    }
+
     /// Load a GGUF LoRA adapter for this model.
     pub fn load_adapter(&self, path: &Path) -> Result<Adapter<'_>> {
         let cpath = c_path(path)?;

@@ -1,7 +1,9 @@
 //! Command-line interface: clap structs and one function per subcommand.
 //! Each builds a validated library call; all work happens in the library.
 
+mod check;
 mod convert;
+mod diff;
 mod inspect;
 mod output;
 
@@ -11,13 +13,13 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "loraguard", version, about, long_about = None)]
 pub struct Cli {
-    /// More logging (-v: info, -vv: debug, includes llama.cpp's log). RUST_LOG overrides.
+    /// More logging (-v: info, with llama.cpp's log; -vv: debug). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
     /// No progress bars or summaries; errors only.
     #[arg(short, long, global = true)]
     pub quiet: bool,
-    /// Worker threads (default: the available parallelism).
+    /// Worker threads, for our own work and llama.cpp's (default: the available parallelism).
     #[arg(long, global = true, value_name = "N")]
     pub threads: Option<usize>,
     #[command(subcommand)]
@@ -28,6 +30,10 @@ pub struct Cli {
 pub enum Command {
     /// Convert a PEFT LoRA adapter to a GGUF LoRA that llama.cpp loads with --lora.
     Convert(convert::ConvertArgs),
+    /// Run prompts through llama.cpp (with adapters) and measure refusals.
+    Check(check::CheckArgs),
+    /// Compare two `check --json` reports: refusal flips and rate deltas.
+    Diff(diff::DiffArgs),
     /// Show what a PEFT adapter or GGUF file holds; with --base, whether an adapter fits.
     Inspect(inspect::InspectArgs),
 }
@@ -48,6 +54,8 @@ pub fn run() -> i32 {
     let result = match cli.command {
         Command::Convert(args) => convert::run(args, &ui),
         Command::Inspect(args) => inspect::run(args),
+        Command::Check(args) => check::run(args, &ui, cli.threads),
+        Command::Diff(args) => diff::run(args, &ui),
     };
     match result {
         Ok(code) => code,

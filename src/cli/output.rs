@@ -9,13 +9,16 @@ use loraguard::Error;
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_INTERNAL: i32 = 1;
 pub const EXIT_BAD_INPUT: i32 = 2;
+/// A CI gate failed (`check --max-*`, `diff --fail-on-new-compliance`).
+pub const EXIT_GATE: i32 = 3;
 
 /// Route logs (ours and llama.cpp's) to stderr through tracing.
 pub fn init_logging(verbose: u8, quiet: bool) {
     let default = match (quiet, verbose) {
         (true, _) => "error",
-        (_, 0) => "warn,llama.cpp=off,llama_cpp_2=off",
-        (_, 1) => "info,llama.cpp=warn,llama_cpp_2=warn",
+        // llama-cpp-2 logs llama.cpp's and ggml's messages under this target.
+        (_, 0) => "warn,llama-cpp-2=off",
+        (_, 1) => "info,llama-cpp-2=info",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -57,6 +60,11 @@ impl Ui {
         );
         bar.set_message(msg);
         bar
+    }
+
+    /// A line for stderr, even when quiet.
+    pub fn error(&self, line: &str) {
+        let _ = writeln!(std::io::stderr(), "error: {line}");
     }
 
     /// A line for stderr unless quiet.

@@ -1,0 +1,243 @@
+//! The `check` report: what ran, every output, and refusal rates by label.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The label under which unlabelled prompts are summarised.
+pub const UNLABELED: &str = "(unlabeled)";
+
+/// An adapter that was active, as the report records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdapterRef {
+    pub path: String,
+    pub scale: f32,
+    pub sha256: String,
+}
+
+/// Everything that decides the outputs besides model, adapters and prompts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    pub max_tokens: usize,
+    pub system: Option<String>,
+    /// `"greedy"`, or `"seeded(seed=S, temperature=T, top_k=K, top_p=P)"`.
+    pub sampling: String,
+    /// `"model"` (the GGUF's own template), a template name, or `"raw"`.
+    pub chat_template: String,
+    /// `"gcg"` or the marker file.
+    pub markers: String,
+    pub threads: i32,
+    pub parallel: u32,
+    pub gpu_layers: u32,
+    pub ignore_eos: bool,
+    pub loraguard_version: String,
+}
+
+/// One prompt's outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultRow {
+    pub id: String,
+    pub prompt: String,
+    pub label: Option<String>,
+    pub output: String,
+    pub refused: bool,
+    /// The refusal marker that matched, if any.
+    pub marker: Option<String>,
+    /// Generated tokens (the end-of-generation token excluded).
+    pub tokens: usize,
+}
+
+/// Counts and refusal rate of a group of prompts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rate {
+    pub n: usize,
+    pub refused: usize,
+    pub refusal_rate: f64,
+}
+
+impl Rate {
+    fn of<'a>(rows: impl Iterator<Item = &'a ResultRow>) -> Rate {
+        let (mut n, mut refused) = (0, 0);
+        for r in rows {
+            n += 1;
+            refused += usize::from(r.refused);
+        }
+        Rate {
+            n,
+            refused,
+            refusal_rate: if n == 0 {
+                0.0
+            } else {
+                refused as f64 / n as f64
+            },
+        }
+    }
+}
+
+/// Overall and per-label refusal rates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub n: usize,
+    pub refused: usize,
+    pub refusal_rate: f64,
+    /// Per label; unlabelled prompts appear under [`UNLABELED`].
+    pub by_label: BTreeMap<String, Rate>,
+}
+
+impl Summary {
+    /// Summarise `rows`.
+    pub fn of(rows: &[ResultRow]) -> Summary {
+        let all = Rate::of(rows.iter());
+        let mut labels: Vec<&str> = rows.iter().map(label_of).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        let by_label = labels
+            .into_iter()
+            .map(|l| {
+                (
+                    l.to_string(),
+                    Rate::of(rows.iter().filter(|r| label_of(r) == l)),
+                )
+            })
+            .collect();
+        Summary {
+            n: all.n,
+            refused: all.refused,
+            refusal_rate: all.refusal_rate,
+            by_label,
+        }
+    }
+}
+
+/// A row's label, or [`UNLABELED`].
+pub fn label_of(r: &ResultRow) -> &str {
+    r.label.as_deref().unwrap_or(UNLABELED)
+}
+
+/// The JSON report of one `check` run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckReport {
+    pub model: String,
+    pub adapters: Vec<AdapterRef>,
+    pub settings: Settings,
+    pub results: Vec<ResultRow>,
+    pub summary: Summary,
+}
+
+/// Reports larger than this are refused when read back.
+pub const MAX_REPORT_BYTES: u64 = 1 << 30;
+
+impl CheckReport {
+    /// Pretty JSON with a trailing newline; byte-identical for equal reports.
+    pub fn to_json(&self) -> String {
+        let mut s = serde_json::to_string_pretty(self).expect("reports serialise");
+        s.push('\n');
+        s
+    }
+
+    /// Read a report written by `check --json`.
+    pub fn read(path: &Path) -> Result<Self> {
+        let size = std::fs::metadata(path)
+            .map_err(|e| Error::io(path, e))?
+            .len();
+        if size > MAX_REPORT_BYTES {
+            return Err(Error::malformed(path, "check report", "larger than 1 GiB"));
+        }
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            Error::malformed(
+                path,
+                "check report",
+                format!("{e} (expected the JSON that `loraguard check --json` writes)"),
+            )
+        })
+    }
+
+    /// A Markdown rendering: settings, rates by label, then every result.
+    pub fn to_markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "# loraguard check\n");
+        let _ = writeln!(s, "- model: `{}`", self.model);
+        for a in &self.adapters {
+            let _ = writeln!(
+                s,
+                "- adapter: `{}` × {} (sha256 `{}`)",
+                a.path,
+                a.scale,
+                &a.sha256[..12.min(a.sha256.len())]
+            );
+        }
+        let st = &self.settings;
+        let _ = writeln!(
+            s,
+            "- decoding: {}, up to {} tokens, template {}, markers {}",
+            st.sampling, st.max_tokens, st.chat_template, st.markers
+        );
+        if let Some(sys) = &st.system {
+            let _ = writeln!(s, "- system: {}", cell(sys, 200));
+        }
+        let _ = writeln!(
+            s,
+            "\n| label | n | refused | refusal rate |\n|---|---:|---:|---:|"
+        );
+        for (l, r) in &self.summary.by_label {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.1}% |",
+                cell(l, 60),
+                r.n,
+                r.refused,
+                100.0 * r.refusal_rate
+            );
+        }
+        let sm = &self.summary;
+        let _ = writeln!(
+            s,
+            "| **all** | {} | {} | {:.1}% |",
+            sm.n,
+            sm.refused,
+            100.0 * sm.refusal_rate
+        );
+        let _ = writeln!(
+            s,
+            "\n| id | label | refused | marker | prompt | output |\n|---|---|---|---|---|---|"
+        );
+        for r in &self.results {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} |",
+                cell(&r.id, 40),
+                cell(label_of(r), 40),
+                if r.refused { "yes" } else { "no" },
+                r.marker.as_deref().map(|m| cell(m, 40)).unwrap_or_default(),
+                cell(&r.prompt, 120),
+                cell(&r.output, 300)
+            );
+        }
+        s
+    }
+}
+
+/// Text made safe for one Markdown table cell, cut to `max` characters.
+pub fn cell(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == max {
+            out.push('…');
+            break;
+        }
+        match c {
+            '|' => out.push_str("\\|"),
+            '\n' => out.push_str("<br>"),
+            '\r' => {}
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
