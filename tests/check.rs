@@ -60,6 +60,23 @@ fn check_is_deterministic_and_independent_of_batching() {
     let c = run(&options(vec![], 1));
     assert_eq!(a.results, c.results);
     assert!(a.results.iter().all(|r| !r.output.is_empty()));
+    // Seeded sampling: reproducible, batch-independent (one stream per
+    // prompt), and actually different from greedy decoding.
+    let seeded = |seed, parallel| {
+        let mut o = options(vec![], parallel);
+        o.sampling = Sampling::Seeded {
+            seed,
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+        };
+        run(&o)
+    };
+    let s1 = seeded(7, 12);
+    assert_eq!(s1.to_json(), seeded(7, 12).to_json());
+    assert_eq!(s1.results, seeded(7, 1).results);
+    assert_ne!(s1.results, a.results);
+    assert!(s1.settings.sampling.starts_with("seeded(seed=7"));
 }
 
 #[test]
@@ -445,5 +462,43 @@ fn check_refuses_bad_inputs_with_reasons_before_llama_cpp_loads_them() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("--column") && err.contains("goal"), "{err}");
+    // A prompt longer than the model's context (SmolLM2: 8192 tokens).
+    let long = d.join("long.txt");
+    std::fs::write(&long, format!("{}\n", "word ".repeat(9000))).unwrap();
+    let out = loraguard(&["check", "--model", s(&model), "--prompts", s(&long)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("prompt 1") && err.contains("context"), "{err}");
     assert!(!json.exists(), "no report for a failed run");
+}
+
+#[test]
+fn llama_cpp_logs_are_quiet_by_default_and_shown_with_verbose() {
+    let _g = LLAMA.lock().unwrap_or_else(|e| e.into_inner());
+    let model = smollm2_model();
+    let prompts = smoke();
+    let run_v = |verbose: bool| {
+        let mut args = vec![
+            "check",
+            "--model",
+            s(&model),
+            "--prompts",
+            s(&prompts),
+            "--max-tokens",
+            "1",
+        ];
+        if verbose {
+            args.push("-v");
+        }
+        let out = loraguard(&args);
+        assert_eq!(out.status.code(), Some(0));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let quiet = run_v(false);
+    assert!(!quiet.contains("llama_model_loader"), "{quiet}");
+    let loud = run_v(true);
+    assert!(
+        loud.contains("llama_model_loader") || loud.contains("llama_context"),
+        "{loud}"
+    );
 }

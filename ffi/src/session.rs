@@ -183,8 +183,11 @@ impl<'m, 'a> Session<'m, 'a> {
     /// decoding up to `parallel` sequences at once in one context with
     /// continuous batching: a finished sequence's slot takes the next prompt.
     ///
-    /// The result for a prompt depends only on the prompt, the model, the
-    /// active adapters and `opts`, not on the other prompts' order.
+    /// Sampling draws from one stream per prompt, so on CPU the result for a
+    /// prompt depends only on the prompt, the model, the active adapters and
+    /// `opts` (loraguard's tests check one-at-a-time against all-at-once).
+    /// GPU backends may pick kernels by batch shape, so there the text can
+    /// depend on batching; it is still deterministic for the same inputs.
     /// `on_done(i)` is called as prompt `i` finishes.
     pub fn generate(
         &mut self,

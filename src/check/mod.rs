@@ -225,6 +225,23 @@ pub fn check(
     if max_len == 0 {
         return Err(Error::Usage("a prompt rendered to no tokens".into()));
     }
+    let ctx_train = g
+        .architecture()
+        .and_then(|a| g.get_u64(&format!("{a}.context_length")));
+    if let Some(limit) = ctx_train {
+        if let Some((p, t)) = prompts
+            .iter()
+            .zip(&tokens)
+            .find(|(_, t)| (t.len() + opts.max_tokens) as u64 > limit)
+        {
+            return Err(Error::Usage(format!(
+                "prompt {} is {} tokens; with --max-tokens {} it exceeds the model's context of {limit}",
+                p.id,
+                t.len(),
+                opts.max_tokens
+            )));
+        }
+    }
     let parallel = opts
         .parallel
         .clamp(1, prompts.len().min(u32::MAX as usize) as u32);

@@ -168,7 +168,7 @@ impl CheckReport {
                 "- adapter: `{}` × {} (sha256 `{}`)",
                 a.path,
                 a.scale,
-                &a.sha256[..12.min(a.sha256.len())]
+                a.sha256.chars().take(12).collect::<String>()
             );
         }
         let st = &self.settings;
