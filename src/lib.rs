@@ -8,9 +8,12 @@
 //! - [`convert`]: validation, planning and the streaming converter;
 //! - [`quant`]: tensor encoders (F16, BF16, Q8_0);
 //! - [`inspect`]: what `loraguard inspect` reports;
+//! - [`analyze`]: what `loraguard analyze` measures;
+//! - [`linalg`]: SVD and subspace measures on low-rank factors;
 //! - [`check`]: running prompts through llama.cpp and detecting refusals;
 //! - [`atomic`]: atomic output files.
 
+pub mod analyze;
 pub mod arch;
 pub mod atomic;
 pub mod base;
@@ -20,6 +23,7 @@ pub mod error;
 pub mod gguf;
 pub mod hash;
 pub mod inspect;
+pub mod linalg;
 pub mod matrix;
 mod mmap;
 pub mod peft;

@@ -60,6 +60,47 @@ pub fn quantize(type_id: u32, data: &[f32], n_per_row: usize) -> Result<Vec<u8>>
     Ok(out)
 }
 
+/// Dequantize `n` values of ggml type `type_id` from `data` with ggml's own
+/// `to_float` (every type ggml can read: float, legacy quants, K-quants,
+/// i-quants).
+pub fn dequantize(type_id: u32, data: &[u8], n: usize) -> Result<Vec<f32>> {
+    let (blck, size) =
+        type_traits(type_id).ok_or_else(|| Error::Ggml(format!("unknown type {type_id}")))?;
+    if n as u64 % blck != 0 {
+        return Err(Error::Ggml(format!(
+            "{n} values are not whole blocks of {blck}"
+        )));
+    }
+    let need = (n as u64 / blck)
+        .checked_mul(size)
+        .ok_or_else(|| Error::Ggml("tensor size overflows".into()))?;
+    if data.len() as u64 != need {
+        return Err(Error::Ggml(format!(
+            "{} bytes given, {need} expected for {n} values",
+            data.len()
+        )));
+    }
+    if type_id == sys::GGML_TYPE_F32 {
+        // ggml has no to_float for F32: the data already is.
+        return Ok(data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect());
+    }
+    // SAFETY: type_id is valid (checked by type_traits); the returned pointer
+    // is a static table entry.
+    let traits = unsafe { sys::ggml_get_type_traits(type_id as _) };
+    // SAFETY: non-NULL for every valid type (a static array element).
+    let to_float = unsafe { traits.as_ref() }
+        .and_then(|t| t.to_float)
+        .ok_or_else(|| Error::Ggml(format!("type {type_id} cannot be dequantized")))?;
+    let mut out = vec![0f32; n];
+    // SAFETY: data holds exactly the bytes of n values of this type (checked
+    // above); out has room for n floats.
+    unsafe { to_float(data.as_ptr().cast(), out.as_mut_ptr(), n as i64) };
+    Ok(out)
+}
+
 /// One tensor as ggml's GGUF reader sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GgufTensorInfo {

@@ -1,6 +1,7 @@
 //! Command-line interface: clap structs and one function per subcommand.
 //! Each builds a validated library call; all work happens in the library.
 
+mod analyze;
 mod check;
 mod convert;
 mod diff;
@@ -30,6 +31,9 @@ pub struct Cli {
 pub enum Command {
     /// Convert a PEFT LoRA adapter to a GGUF LoRA that llama.cpp loads with --lora.
     Convert(convert::ConvertArgs),
+    /// SVD subspace analysis of an adapter: spectra, effective rank, overlap with
+    /// the base weights and with another adapter.
+    Analyze(analyze::AnalyzeArgs),
     /// Run prompts through llama.cpp (with adapters) and measure refusals.
     Check(check::CheckArgs),
     /// Compare two `check --json` reports: refusal flips and rate deltas.
@@ -54,6 +58,7 @@ pub fn run() -> i32 {
     let result = match cli.command {
         Command::Convert(args) => convert::run(args, &ui),
         Command::Inspect(args) => inspect::run(args),
+        Command::Analyze(args) => analyze::run(args, &ui),
         Command::Check(args) => check::run(args, &ui, cli.threads),
         Command::Diff(args) => diff::run(args, &ui),
     };

@@ -1,0 +1,180 @@
+//! Adapters as lists of low-rank modules, read one module at a time.
+
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use ndarray::Array2;
+
+use crate::error::{Error, Result};
+use crate::gguf::{GgufFile, GgufTensor};
+use crate::linalg::LowRank;
+use crate::peft::PeftAdapter;
+
+/// Where an adapter's modules come from.
+pub enum AdapterSource {
+    /// A GGUF LoRA: modules named by base tensor, in GGUF layout.
+    Gguf {
+        file: GgufFile,
+        map: Mmap,
+        alpha: Option<f64>,
+        /// A converted PEFT adapter lives in this temp dir.
+        _tmp: Option<tempfile::TempDir>,
+    },
+    /// A PEFT adapter: modules named by HF module, in HF layout.
+    Peft(PeftAdapter),
+}
+
+/// Decode a GGUF tensor (any ggml type) into f32 with ggml's own to_float.
+pub fn gguf_tensor_f32(path: &Path, map: &[u8], t: &GgufTensor) -> Result<Vec<f32>> {
+    let n: u64 = t.ne.iter().product();
+    let end = t
+        .offset
+        .checked_add(t.size)
+        .filter(|&e| e <= map.len() as u64);
+    let bytes = end
+        .map(|e| &map[t.offset as usize..e as usize])
+        .ok_or_else(|| {
+            Error::malformed(
+                path,
+                "GGUF",
+                format!("tensor {} lies outside the file", t.name),
+            )
+        })?;
+    Ok(loraguard_llama::ggml::dequantize(
+        t.ty.id(),
+        bytes,
+        n as usize,
+    )?)
+}
+
+impl AdapterSource {
+    /// Open a PEFT directory or GGUF LoRA. With `convert_with`, a PEFT
+    /// adapter is first converted (exactly, in F32) for that base GGUF, so that
+    /// its modules carry GGUF names and layout.
+    pub fn open(path: &Path, convert_with: Option<&Path>) -> Result<Self> {
+        if crate::peft::looks_like_peft(path) {
+            let Some(base) = convert_with else {
+                return Ok(AdapterSource::Peft(PeftAdapter::open(path)?));
+            };
+            let tmp = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+            let out = tmp.path().join("adapter.gguf");
+            let opts = crate::convert::ConvertOptions {
+                outtype: crate::convert::OutType::F32,
+                drop_unsupported: true,
+                dry_run: false,
+            };
+            crate::convert::convert(path, base, Some(&out), &opts, &|_, _| {})?;
+            return Self::open_gguf(&out, Some(tmp));
+        }
+        Self::open_gguf(path, None)
+    }
+
+    fn open_gguf(path: &Path, tmp: Option<tempfile::TempDir>) -> Result<Self> {
+        let file = GgufFile::open(path)?;
+        if !file.is_adapter() {
+            return Err(Error::Usage(format!(
+                "{} is not a LoRA adapter (a PEFT directory or a GGUF LoRA)",
+                path.display()
+            )));
+        }
+        let alpha = file.get_f64("adapter.lora.alpha");
+        let map = crate::mmap::map_file(path)?;
+        Ok(AdapterSource::Gguf {
+            file,
+            map,
+            alpha,
+            _tmp: tmp,
+        })
+    }
+
+    /// True for GGUF names and layout.
+    pub fn is_gguf(&self) -> bool {
+        matches!(self, AdapterSource::Gguf { .. })
+    }
+
+    pub fn path(&self) -> PathBuf {
+        match self {
+            AdapterSource::Gguf { file, .. } => file.path.clone(),
+            AdapterSource::Peft(p) => p.dir.clone(),
+        }
+    }
+
+    /// Module names, in file order. Embedding LoRAs are left out (their
+    /// GGUF layout is not a B·A product of the base weight's shape).
+    pub fn modules(&self) -> Vec<String> {
+        match self {
+            AdapterSource::Gguf { file, .. } => file
+                .tensors
+                .iter()
+                .filter_map(|t| t.name.strip_suffix(".lora_a"))
+                .filter(|s| !s.ends_with("token_embd.weight"))
+                .map(String::from)
+                .collect(),
+            AdapterSource::Peft(p) => p
+                .pairs
+                .iter()
+                .filter(|x| x.kind == crate::peft::PairKind::Linear)
+                .map(|x| x.module.clone())
+                .collect(),
+        }
+    }
+
+    /// ΔW of `module` as its factors (scale included).
+    pub fn load(&self, module: &str) -> Result<LowRank> {
+        match self {
+            AdapterSource::Gguf {
+                file, map, alpha, ..
+            } => {
+                let get = |suffix: &str| {
+                    let name = format!("{module}.{suffix}");
+                    file.tensor(&name).ok_or_else(|| {
+                        Error::malformed(&file.path, "GGUF LoRA", format!("{name} is missing"))
+                    })
+                };
+                let (ta, tb) = (get("lora_a")?, get("lora_b")?);
+                if ta.ne.len() != 2 || tb.ne.len() != 2 || ta.ne[1] != tb.ne[0] {
+                    return Err(Error::Shape {
+                        path: file.path.clone(),
+                        tensor: module.into(),
+                        reason: format!("lora_a {:?} and lora_b {:?} do not pair", ta.ne, tb.ne),
+                    });
+                }
+                let (n, r, m) = (ta.ne[0] as usize, ta.ne[1] as usize, tb.ne[1] as usize);
+                let a = gguf_tensor_f32(&file.path, map, ta)?;
+                let b = gguf_tensor_f32(&file.path, map, tb)?;
+                let scale = match alpha {
+                    Some(al) if *al != 0.0 => al / r as f64,
+                    _ => 1.0,
+                };
+                Ok(LowRank::new(
+                    Array2::from_shape_vec((m, r), b.into_iter().map(f64::from).collect())
+                        .expect("sizes checked"),
+                    Array2::from_shape_vec((r, n), a.into_iter().map(f64::from).collect())
+                        .expect("sizes checked"),
+                    scale,
+                ))
+            }
+            AdapterSource::Peft(p) => {
+                let pair = p
+                    .pairs
+                    .iter()
+                    .find(|x| x.module == module)
+                    .ok_or_else(|| Error::Usage(format!("no module {module}")))?;
+                let (a, b) = (p.matrix(&pair.a)?, p.matrix(&pair.b)?);
+                Ok(LowRank::new(
+                    Array2::from_shape_vec(
+                        (b.rows, b.cols),
+                        b.data.iter().map(|x| f64::from(*x)).collect(),
+                    )
+                    .expect("sizes checked"),
+                    Array2::from_shape_vec(
+                        (a.rows, a.cols),
+                        a.data.iter().map(|x| f64::from(*x)).collect(),
+                    )
+                    .expect("sizes checked"),
+                    pair.scale.scale,
+                ))
+            }
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! `loraguard analyze`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use loraguard::analyze::{analyze, AnalyzeOptions};
+use loraguard::atomic::write_atomic;
+
+use super::output::{print_stdout, Ui, EXIT_OK};
+
+#[derive(Debug, Args)]
+pub struct AnalyzeArgs {
+    /// A PEFT adapter directory or a GGUF LoRA.
+    pub adapter: PathBuf,
+    /// The base model GGUF: measure ΔW against its weights' top-k singular
+    /// subspaces (a PEFT adapter is mapped to GGUF names and layout first).
+    #[arg(long, value_name = "BASE.gguf")]
+    pub base: Option<PathBuf>,
+    /// Another adapter (PEFT or GGUF) to compare with, module by module.
+    #[arg(long, value_name = "OTHER")]
+    pub against: Option<PathBuf>,
+    /// Size of the base weights' top singular subspace.
+    #[arg(long, default_value_t = 64, value_name = "K")]
+    pub top_k: usize,
+    /// Seed of the randomized SVD.
+    #[arg(long, default_value_t = 0, value_name = "S")]
+    pub seed: u64,
+    /// Write the full report as JSON here.
+    #[arg(long, value_name = "OUT.json")]
+    pub json: Option<PathBuf>,
+}
+
+pub fn run(args: AnalyzeArgs, ui: &Ui) -> anyhow::Result<i32> {
+    let opts = AnalyzeOptions {
+        base: args.base,
+        against: args.against,
+        top_k: args.top_k,
+        seed: args.seed,
+    };
+    let bar = ui.bar("analyze");
+    let progress = |done: usize, total: usize| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    };
+    let report = analyze(&args.adapter, &opts, &progress)?;
+    bar.finish_and_clear();
+    if let Some(p) = &args.json {
+        let mut s = serde_json::to_string_pretty(&report)?;
+        s.push('\n');
+        write_atomic(p, s.as_bytes())?;
+    }
+    if !ui.quiet {
+        print_stdout(&report.to_string())?;
+    }
+    Ok(EXIT_OK)
+}

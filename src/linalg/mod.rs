@@ -1,0 +1,24 @@
+//! Linear algebra on low-rank factors, never forming ΔW or a d×d projector.
+//!
+//! - [`lowrank`]: ΔW = s·B·A: its SVD through thin QRs and an r×r core,
+//!   Frobenius inner products, norms and cosines between low-rank products;
+//! - [`subspace`]: orthonormal bases, principal angles, energy fractions;
+//! - [`rsvd`]: randomized SVD (Halko, Martinsson and Tropp 2011) for the top-k
+//!   singular subspace of a full base weight.
+//!
+//! Factor math runs in f64 (it costs O((m+n)·r²)); full base weights stay f32.
+
+pub mod lowrank;
+pub mod rsvd;
+pub mod subspace;
+
+pub use lowrank::{LowRank, Svd};
+
+use crate::error::{Error, Result};
+
+fn lapack(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("LAPACK {what} failed: {e}"))
+}
+
+/// Results of LAPACK calls.
+pub(crate) type LResult<T> = Result<T>;
