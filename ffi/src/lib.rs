@@ -14,6 +14,7 @@
 //! its own encoders and writers against ggml's code rather than a copy.
 
 mod batch;
+pub mod blas;
 pub mod ggml;
 mod model;
 mod sample;

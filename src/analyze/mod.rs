@@ -173,6 +173,7 @@ pub fn analyze(
     opts: &AnalyzeOptions,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<AnalyzeReport> {
+    crate::linalg::init();
     if opts.top_k == 0 {
         return Err(Error::Usage("--top-k must be at least 1".into()));
     }
@@ -221,13 +222,13 @@ pub fn analyze(
         .par_iter()
         .map(|name| -> Result<ModuleReport> {
             let dw = src.load(name)?;
-            let svd = dw.svd()?;
+            let sv = dw.singular_values()?;
             let mut rep = ModuleReport {
                 name: name.clone(),
                 rows: dw.rows(),
                 cols: dw.cols(),
                 rank: dw.rank(),
-                spectrum: spectrum(svd.s.as_slice().expect("contiguous")),
+                spectrum: spectrum(sv.as_slice().expect("contiguous")),
                 base: None,
                 against: None,
             };

@@ -1,7 +1,7 @@
 //! ΔW = s·B·A held as its factors.
 
 use ndarray::{s, Array1, Array2, Axis};
-use ndarray_linalg::{QR, SVD};
+use ndarray_linalg::{Eigh, QR, SVD, UPLO};
 
 use super::{lapack, LResult};
 
@@ -78,6 +78,29 @@ impl LowRank {
             s: c.s,
             vt: c.vt.dot(&qa.t()),
         })
+    }
+
+    /// The singular values of ΔW (descending, r of them) from the two r×r
+    /// Gram matrices alone: with BᵀB = V·Λ·Vᵀ and M = Λ^½·Vᵀ·(A·Aᵀ)·V·Λ^½,
+    /// σᵢ² = s²·eig(M). Two Gram products, O((m+n)·r²), then only r×r work
+    /// (no tall QR), so it is the fast path when no singular vectors are
+    /// needed. Exact for rank-deficient factors (e.g. a zero B). Small σ lose
+    /// relative accuracy as ε·(σ₁/σ)², which f64 keeps negligible for spectra.
+    pub fn singular_values(&self) -> LResult<Array1<f64>> {
+        let gb = self.b.t().dot(&self.b);
+        let ga = self.a.dot(&self.a.t());
+        let (lam, v) = gb.eigh(UPLO::Lower).map_err(|e| lapack("eigh", e))?;
+        let root = lam.mapv(|x| x.max(0.0).sqrt());
+        let w = &v * &root.view().insert_axis(Axis(0)); // V·Λ^½
+        let m = w.t().dot(&ga).dot(&w);
+        let m = (&m + &m.t()) * 0.5;
+        let (mu, _) = m.eigh(UPLO::Lower).map_err(|e| lapack("eigh", e))?;
+        let mut s: Vec<f64> = mu
+            .iter()
+            .map(|x| self.scale.abs() * x.max(0.0).sqrt())
+            .collect();
+        s.sort_by(|a, b| b.total_cmp(a));
+        Ok(Array1::from(s))
     }
 
     /// ⟨ΔW₁, ΔW₂⟩_F = s₁·s₂·sum((B₁ᵀB₂) ∘ (A₁A₂ᵀ)), in O((m+n)·r₁·r₂).
@@ -158,6 +181,14 @@ pub(crate) mod tests {
                     "{m}x{n} r{r} σ{i}: {a} vs {b}"
                 );
             }
+            // The Gram path gives the same values.
+            let fast = lr.singular_values().unwrap();
+            for i in 0..r {
+                assert!(
+                    (fast[i] - dense.s[i]).abs() <= 1e-9 * dense.s[0],
+                    "gram σ{i}"
+                );
+            }
             // The factors reproduce ΔW.
             let us = &ours.u * &ours.s.view().insert_axis(Axis(0));
             let back = us.dot(&ours.vt);
@@ -169,6 +200,27 @@ pub(crate) mod tests {
                 .iter()
                 .all(|x| x.abs() < 1e-10));
         }
+    }
+
+    #[test]
+    fn singular_values_of_rank_deficient_and_zero_factors() {
+        let b = random(30, 4, 1);
+        let mut a = random(4, 20, 2);
+        let row = a.row(0).to_owned();
+        a.row_mut(1).assign(&row); // rank 3
+        let lr = LowRank::new(b, a, -2.0);
+        let fast = lr.singular_values().unwrap();
+        let dense = small_svd(&lr.to_dense()).unwrap();
+        for i in 0..4 {
+            assert!(
+                (fast[i] - dense.s[i]).abs() <= 1e-7 * dense.s[0],
+                "σ{i}: {} vs {}",
+                fast[i],
+                dense.s[i]
+            );
+        }
+        let zero = LowRank::new(Array2::zeros((10, 3)), random(3, 8, 3), 1.0);
+        assert!(zero.singular_values().unwrap().iter().all(|x| *x == 0.0));
     }
 
     #[test]

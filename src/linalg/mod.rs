@@ -14,6 +14,12 @@ pub mod subspace;
 
 pub use lowrank::{LowRank, Svd};
 
+/// Call before parallel linear algebra: BLAS runs single-threaded inside
+/// loraguard's own (rayon) workers.
+pub fn init() {
+    loraguard_llama::blas::single_threaded();
+}
+
 use crate::error::{Error, Result};
 
 fn lapack(what: &str, e: impl std::fmt::Display) -> Error {
