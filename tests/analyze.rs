@@ -174,3 +174,49 @@ fn ggml_dequantizes_every_type_it_quantizes() {
         assert!(loraguard::llama::ggml::dequantize(ty.id(), &q[1..], n).is_err());
     }
 }
+
+#[test]
+fn analyze_cli_writes_json_and_refuses_bad_inputs_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_loraguard");
+    let peft = tiny_adapter("plain");
+    let json = dir.path().join("a.json");
+    let out = std::process::Command::new(bin)
+        .args([
+            "analyze".as_ref(),
+            peft.as_os_str(),
+            "--json".as_ref(),
+            json.as_os_str(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["modules"].as_array().unwrap().len(), 14);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("model.layers.0.self_attn.q_proj"));
+    // PEFT against GGUF needs the base to share one layout.
+    let (gguf, _) = convert_to(&peft, &tiny_base(), dir.path(), OutType::F32);
+    let out = std::process::Command::new(bin)
+        .args([
+            "analyze".as_ref(),
+            peft.as_os_str(),
+            "--against".as_ref(),
+            gguf.as_os_str(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--base"));
+    // A model is not an adapter.
+    let out = std::process::Command::new(bin)
+        .args(["analyze".as_ref(), tiny_base().as_os_str()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a LoRA adapter"));
+}
