@@ -255,7 +255,11 @@ fn inspect_gguf(path: &Path, base: Option<&Path>) -> Result<Inspection> {
 
 /// The checks llama.cpp's adapter loader makes, done up front with reasons.
 pub fn gguf_fit(adapter: &GgufFile, base_path: &Path) -> Result<Fit> {
-    let base = GgufFile::open(base_path)?;
+    Ok(gguf_fit_to(adapter, &GgufFile::open(base_path)?))
+}
+
+/// [`gguf_fit`] against a base model already opened.
+pub fn gguf_fit_to(adapter: &GgufFile, base: &GgufFile) -> Fit {
     let mut problems = Vec::new();
     if adapter.architecture() != base.architecture() {
         problems.push(format!(
@@ -310,11 +314,11 @@ pub fn gguf_fit(adapter: &GgufFile, base_path: &Path) -> Result<Fit> {
             ));
         }
     }
-    Ok(Fit {
-        base: base_path.display().to_string(),
+    Fit {
+        base: base.path.display().to_string(),
         fits: problems.is_empty(),
         problems,
-    })
+    }
 }
 
 impl std::fmt::Display for Inspection {

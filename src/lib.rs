@@ -17,6 +17,7 @@ pub mod analyze;
 pub mod arch;
 pub mod atomic;
 pub mod base;
+mod capped;
 pub mod check;
 pub mod convert;
 pub mod error;

@@ -201,12 +201,15 @@ fn analyze_cli_writes_json_and_refuses_bad_inputs_with_exit_2() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("model.layers.0.self_attn.q_proj"));
     // PEFT against GGUF needs the base to share one layout.
     let (gguf, _) = convert_to(&peft, &tiny_base(), dir.path(), OutType::F32);
+    let refused = dir.path().join("refused.json");
     let out = std::process::Command::new(bin)
         .args([
             "analyze".as_ref(),
             peft.as_os_str(),
             "--against".as_ref(),
             gguf.as_os_str(),
+            "--json".as_ref(),
+            refused.as_os_str(),
         ])
         .output()
         .unwrap();
@@ -214,9 +217,15 @@ fn analyze_cli_writes_json_and_refuses_bad_inputs_with_exit_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--base"));
     // A model is not an adapter.
     let out = std::process::Command::new(bin)
-        .args(["analyze".as_ref(), tiny_base().as_os_str()])
+        .args([
+            "analyze".as_ref(),
+            tiny_base().as_os_str(),
+            "--json".as_ref(),
+            refused.as_os_str(),
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a LoRA adapter"));
+    assert!(!refused.exists(), "no report for a refused run");
 }

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use loraguard::analyze::source::gguf_tensor_f32;
 use loraguard::check::markers::Markers;
 use loraguard::check::prompts::load_prompts;
 use loraguard::check::{check, AdapterSpec, CheckOptions, Template};
@@ -120,18 +121,11 @@ fn a_converted_refusal_adapter_makes_the_model_refuse_and_scale_zero_is_the_base
     assert_eq!(texts(&off), texts(&base), "scale 0 must be the base model");
 }
 
-/// Read an F32 tensor of a GGUF file.
-fn f32_tensor(g: &GgufFile, name: &str) -> (Vec<u64>, Vec<f32>) {
+/// Read an F32 tensor of a GGUF file whose bytes are `bytes`.
+fn f32_tensor(g: &GgufFile, bytes: &[u8], name: &str) -> (Vec<u64>, Vec<f32>) {
     let t = g.tensor(name).unwrap();
     assert_eq!(t.ty, GgmlType::F32);
-    let bytes = std::fs::read(&g.path).unwrap();
-    let data = &bytes[t.offset as usize..(t.offset + t.size) as usize];
-    (
-        t.ne.clone(),
-        data.chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect(),
-    )
+    (t.ne.clone(), gguf_tensor_f32(&g.path, bytes, t).unwrap())
 }
 
 /// One adapter equal to `s1·A1 + s2·A2` (each with its own alpha/rank),
@@ -139,6 +133,7 @@ fn f32_tensor(g: &GgufFile, name: &str) -> (Vec<u64>, Vec<f32>) {
 /// alpha/rank of its own.
 fn hand_summed(a1: &Path, s1: f32, a2: &Path, s2: f32, out: &Path) {
     let (g1, g2) = (GgufFile::open(a1).unwrap(), GgufFile::open(a2).unwrap());
+    let (bytes1, bytes2) = (std::fs::read(a1).unwrap(), std::fs::read(a2).unwrap());
     let mut stems: Vec<String> = g1
         .tensors
         .iter()
@@ -151,12 +146,12 @@ fn hand_summed(a1: &Path, s1: f32, a2: &Path, s2: f32, out: &Path) {
     let mut blobs = Vec::new();
     for stem in &stems {
         let (mut a_rows, mut b_parts, mut n_in, mut n_out) = (Vec::new(), Vec::new(), 0, 0);
-        for (g, s) in [(&g1, s1), (&g2, s2)] {
+        for (g, bytes, s) in [(&g1, &bytes1, s1), (&g2, &bytes2, s2)] {
             if g.tensor(&format!("{stem}.lora_a")).is_none() {
                 continue;
             }
-            let (ne_a, a) = f32_tensor(g, &format!("{stem}.lora_a"));
-            let (ne_b, b) = f32_tensor(g, &format!("{stem}.lora_b"));
+            let (ne_a, a) = f32_tensor(g, bytes, &format!("{stem}.lora_a"));
+            let (ne_b, b) = f32_tensor(g, bytes, &format!("{stem}.lora_b"));
             let r = ne_a[1] as usize;
             let alpha = g.get_f64("adapter.lora.alpha").unwrap() as f32;
             (n_in, n_out) = (ne_a[0] as usize, ne_b[1] as usize);

@@ -90,18 +90,7 @@ impl Markers {
 
     /// One marker per line; blank lines are skipped, other whitespace kept.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let size = std::fs::metadata(path)
-            .map_err(|e| Error::io(path, e))?
-            .len();
-        if size > MAX_MARKER_FILE_BYTES {
-            return Err(Error::malformed(
-                path,
-                "marker file",
-                format!("{size} bytes exceeds the {MAX_MARKER_FILE_BYTES}-byte cap"),
-            ));
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        let text = crate::capped::read_text(path, MAX_MARKER_FILE_BYTES, "marker file")?;
         let list: Vec<String> = text
             .lines()
             .map(|l| l.trim_end_matches('\r'))

@@ -95,12 +95,17 @@ pub struct Timings {
 /// Check that `adapter` is a GGUF LoRA that fits `model`, with reasons,
 /// before llama.cpp sees it (llama.cpp only says NULL).
 pub fn validate_adapter(adapter: &Path, model: &Path) -> Result<()> {
+    validate_against(adapter, &GgufFile::open(model)?)
+}
+
+/// [`validate_adapter`] against a model already opened.
+fn validate_against(adapter: &Path, model: &GgufFile) -> Result<()> {
     if crate::peft::looks_like_peft(adapter) {
         return Err(Error::Usage(format!(
             "{} is a PEFT adapter; convert it first: loraguard convert {} --base {} -o adapter.gguf",
             adapter.display(),
             adapter.display(),
-            model.display()
+            model.path.display()
         )));
     }
     let g = GgufFile::open(adapter)?;
@@ -112,11 +117,11 @@ pub fn validate_adapter(adapter: &Path, model: &Path) -> Result<()> {
             g.get_str("adapter.type").unwrap_or("missing"),
         )));
     }
-    let fit = crate::inspect::gguf_fit(&g, model)?;
+    let fit = crate::inspect::gguf_fit_to(&g, model);
     if !fit.fits {
         return Err(Error::Mismatch {
             adapter: adapter.into(),
-            base: model.into(),
+            base: model.path.clone(),
             problems: fit.problems,
         });
     }
@@ -178,7 +183,7 @@ pub fn check(
     }
     let mut refs = Vec::new();
     for a in &opts.adapters {
-        validate_adapter(&a.path, &opts.model)?;
+        validate_against(&a.path, &g)?;
         refs.push(AdapterRef {
             path: a.path.display().to_string(),
             scale: a.scale,

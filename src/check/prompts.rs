@@ -34,24 +34,11 @@ pub fn load_prompts(path: &Path, column: Option<&str>) -> Result<Vec<Prompt>> {
             path.display()
         )));
     }
-    let size = std::fs::metadata(path)
-        .map_err(|e| Error::io(path, e))?
-        .len();
-    if size > MAX_PROMPT_FILE_BYTES {
-        return Err(Error::malformed(
-            path,
-            "prompt file",
-            format!("{size} bytes exceeds the {MAX_PROMPT_FILE_BYTES}-byte cap"),
-        ));
-    }
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let text = String::from_utf8(bytes)
-        .map_err(|e| Error::malformed(path, "prompt file", format!("not UTF-8: {e}")))?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let text = crate::capped::read_text(path, MAX_PROMPT_FILE_BYTES, "prompt file")?;
     let prompts = match ext.as_deref() {
-        Some("txt") => parse_txt(text),
-        Some("jsonl") => parse_jsonl(path, text)?,
-        Some("csv") => parse_csv(path, text, column.unwrap_or("prompt"))?,
+        Some("txt") => parse_txt(&text),
+        Some("jsonl") => parse_jsonl(path, &text)?,
+        Some("csv") => parse_csv(path, &text, column.unwrap_or("prompt"))?,
         _ => {
             return Err(Error::Usage(format!(
                 "{}: unknown prompt file type; use .txt (one prompt per line), .jsonl \

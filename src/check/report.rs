@@ -141,13 +141,7 @@ impl CheckReport {
 
     /// Read a report written by `check --json`.
     pub fn read(path: &Path) -> Result<Self> {
-        let size = std::fs::metadata(path)
-            .map_err(|e| Error::io(path, e))?
-            .len();
-        if size > MAX_REPORT_BYTES {
-            return Err(Error::malformed(path, "check report", "larger than 1 GiB"));
-        }
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = crate::capped::read_capped(path, MAX_REPORT_BYTES, "check report")?;
         serde_json::from_slice(&bytes).map_err(|e| {
             Error::malformed(
                 path,

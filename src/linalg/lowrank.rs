@@ -3,7 +3,8 @@
 use ndarray::{s, Array1, Array2, Axis};
 use ndarray_linalg::{Eigh, QR, SVD, UPLO};
 
-use super::{lapack, LResult};
+use super::lapack;
+use crate::error::Result;
 
 /// A low-rank product `scale · B · A` with B m×r and A r×n.
 #[derive(Debug, Clone)]
@@ -24,7 +25,7 @@ pub struct Svd {
 }
 
 /// Thin QR of a tall m×r matrix: Q m×k and R k×r with k = min(m, r).
-pub fn thin_qr(m: &Array2<f64>) -> LResult<(Array2<f64>, Array2<f64>)> {
+pub fn thin_qr(m: &Array2<f64>) -> Result<(Array2<f64>, Array2<f64>)> {
     let (q, r) = m.qr().map_err(|e| lapack("QR", e))?;
     let k = m.nrows().min(m.ncols());
     Ok((
@@ -34,7 +35,7 @@ pub fn thin_qr(m: &Array2<f64>) -> LResult<(Array2<f64>, Array2<f64>)> {
 }
 
 /// SVD of a small dense matrix, thin.
-pub fn small_svd(m: &Array2<f64>) -> LResult<Svd> {
+pub fn small_svd(m: &Array2<f64>) -> Result<Svd> {
     let (u, s, vt) = m.svd(true, true).map_err(|e| lapack("SVD", e))?;
     let (u, vt) = (u.expect("requested U"), vt.expect("requested Vᵀ"));
     let k = s.len();
@@ -68,7 +69,7 @@ impl LowRank {
     /// The SVD of ΔW without forming it: B = Q_B·R_B, Aᵀ = Q_A·R_A, the SVD
     /// of the core s·R_B·R_Aᵀ = U·Σ·Vᵀ, then ΔW = (Q_B·U)·Σ·(Q_A·V)ᵀ.
     /// Cost O((m+n)·r²).
-    pub fn svd(&self) -> LResult<Svd> {
+    pub fn svd(&self) -> Result<Svd> {
         let (qb, rb) = thin_qr(&self.b)?;
         let (qa, ra) = thin_qr(&self.a.t().to_owned())?;
         let core = rb.dot(&ra.t()) * self.scale;
@@ -86,7 +87,7 @@ impl LowRank {
     /// (no tall QR), so it is the fast path when no singular vectors are
     /// needed. Exact for rank-deficient factors (e.g. a zero B). Small σ lose
     /// relative accuracy as ε·(σ₁/σ)², which f64 keeps negligible for spectra.
-    pub fn singular_values(&self) -> LResult<Array1<f64>> {
+    pub fn singular_values(&self) -> Result<Array1<f64>> {
         let gb = self.b.t().dot(&self.b);
         let ga = self.a.dot(&self.a.t());
         let (lam, v) = gb.eigh(UPLO::Lower).map_err(|e| lapack("eigh", e))?;

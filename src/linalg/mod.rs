@@ -20,11 +20,8 @@ pub fn init() {
     loraguard_llama::blas::single_threaded();
 }
 
-use crate::error::{Error, Result};
+use crate::error::Error;
 
 fn lapack(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Internal(format!("LAPACK {what} failed: {e}"))
 }
-
-/// Results of LAPACK calls.
-pub(crate) type LResult<T> = Result<T>;

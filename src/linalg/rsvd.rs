@@ -5,7 +5,7 @@ use ndarray::{s, Array2, ArrayView2, Axis};
 use rayon::prelude::*;
 
 use super::lowrank::{small_svd, thin_qr, Svd};
-use super::LResult;
+use crate::error::Result;
 
 /// Settings for [`randomized_svd`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -74,14 +74,14 @@ fn wt_times(w: ArrayView2<'_, f32>, y: &Array2<f32>) -> Array2<f32> {
 }
 
 /// Orthonormalise the columns of an f32 matrix (QR in f64).
-fn orth32(m: &Array2<f32>) -> LResult<Array2<f32>> {
+fn orth32(m: &Array2<f32>) -> Result<Array2<f32>> {
     Ok(thin_qr(&m.mapv(f64::from))?.0.mapv(|x| x as f32))
 }
 
 /// The top-k singular triplets of `w` (m×n). Accuracy improves with
 /// oversampling and power iterations; the result is exact when
 /// k + oversample ≥ rank(W).
-pub fn randomized_svd(w: ArrayView2<'_, f32>, opts: &RsvdOptions) -> LResult<Svd> {
+pub fn randomized_svd(w: ArrayView2<'_, f32>, opts: &RsvdOptions) -> Result<Svd> {
     let (m, n) = w.dim();
     let l = (opts.k + opts.oversample).min(m).min(n).max(1);
     let omega = gaussian(n, l, opts.seed);

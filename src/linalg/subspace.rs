@@ -3,17 +3,17 @@
 use ndarray::{Array1, Array2};
 
 use super::lowrank::{small_svd, thin_qr, LowRank};
-use super::LResult;
+use crate::error::Result;
 
 /// An orthonormal basis of the column space of `m` (thin QR).
-pub fn orth(m: &Array2<f64>) -> LResult<Array2<f64>> {
+pub fn orth(m: &Array2<f64>) -> Result<Array2<f64>> {
     Ok(thin_qr(m)?.0)
 }
 
 /// Cosines of the principal angles between the spaces spanned by the
 /// orthonormal columns of `q1` and `q2`: the singular values of q1ᵀ·q2,
 /// descending, min(k₁, k₂) of them, clamped to [0, 1].
-pub fn principal_cosines(q1: &Array2<f64>, q2: &Array2<f64>) -> LResult<Array1<f64>> {
+pub fn principal_cosines(q1: &Array2<f64>, q2: &Array2<f64>) -> Result<Array1<f64>> {
     let m = q1.t().dot(q2);
     Ok(small_svd(&m)?.s.mapv(|c| c.clamp(0.0, 1.0)))
 }

@@ -54,18 +54,10 @@ pub struct ModuleScale {
 impl LoraConfig {
     /// Read and validate `adapter_config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-        if meta.len() > MAX_CONFIG_BYTES {
-            return Err(Error::malformed(
-                path,
-                "adapter_config.json",
-                format!(
-                    "{} bytes is over the {MAX_CONFIG_BYTES}-byte cap",
-                    meta.len()
-                ),
-            ));
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let bytes = crate::capped::read_capped(path, MAX_CONFIG_BYTES, "adapter_config.json")?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            Error::malformed(path, "adapter_config.json", format!("not UTF-8: {e}"))
+        })?;
         Self::from_json(path, &text)
     }
 
