@@ -32,11 +32,19 @@ impl AtomicFile {
                 target.display()
             )));
         }
-        let temp = tempfile::Builder::new()
-            .prefix(TEMP_PREFIX)
-            .suffix(".tmp")
-            .tempfile_in(&dir)
-            .map_err(|e| Error::io(&dir, e))?;
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(TEMP_PREFIX).suffix(".tmp");
+        // A temp file is private (0600); the output is not: it gets the
+        // replaced file's mode, or a new file's usual 0666 less the umask.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            builder.permissions(match std::fs::metadata(target) {
+                Ok(m) => m.permissions(),
+                Err(_) => std::fs::Permissions::from_mode(0o666),
+            });
+        }
+        let temp = builder.tempfile_in(&dir).map_err(|e| Error::io(&dir, e))?;
         Ok(AtomicFile {
             target: target.to_path_buf(),
             temp,
@@ -97,5 +105,23 @@ mod tests {
         write_atomic(&target, b"new").unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"new");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// Outputs are not left private like temp files: a new one gets what
+    /// `File::create` gives (0666 less the umask), a replaced one keeps its mode.
+    #[cfg(unix)]
+    #[test]
+    fn outputs_get_ordinary_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let plain = dir.path().join("plain");
+        File::create(&plain).unwrap();
+        let new = dir.path().join("new.gguf");
+        write_atomic(&new, b"x").unwrap();
+        assert_eq!(mode(&new), mode(&plain));
+        std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o640)).unwrap();
+        write_atomic(&new, b"y").unwrap();
+        assert_eq!(mode(&new), 0o640);
     }
 }

@@ -18,6 +18,7 @@ fn opts(
         against: against.map(Into::into),
         top_k: k,
         seed: 1,
+        power_iters: 2,
     }
 }
 
@@ -70,6 +71,46 @@ fn a_peft_adapter_and_its_gguf_conversion_are_the_same_updates() {
         .modules
         .iter()
         .all(|m| m.against.as_ref().unwrap().cosine.abs() < 0.5));
+}
+
+#[test]
+fn embedding_loras_line_up_with_the_embedding_matrix_in_both_layouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let peft = tiny_adapter("embed-head");
+    let (gguf, _) = convert_to(&peft, &tiny_base(), dir.path(), OutType::F32);
+    let spectra = |p: &std::path::Path| {
+        let r = analyze(p, &opts(None, None, 4), &|_, _| {}).unwrap();
+        r.modules
+            .iter()
+            .map(|m| (m.rows, m.cols, m.spectrum.singular_values.clone()))
+            .collect::<Vec<_>>()
+    };
+    let (sp, sg) = (spectra(&peft), spectra(&gguf));
+    assert_eq!(sp.len(), 4, "embedding, lm_head and two o_proj");
+    let mut sp_sorted = sp.clone();
+    let mut sg_sorted = sg.clone();
+    sp_sorted.sort_by(|a, b| a.2[0].total_cmp(&b.2[0]));
+    sg_sorted.sort_by(|a, b| a.2[0].total_cmp(&b.2[0]));
+    for (a, b) in sp_sorted.iter().zip(&sg_sorted) {
+        assert_eq!((a.0, a.1), (b.0, b.1), "same orientation");
+        for (x, y) in a.2.iter().zip(&b.2) {
+            assert!((x - y).abs() <= 1e-5 * x.abs().max(1e-3), "{x} vs {y}");
+        }
+    }
+    // Through the base: the embedding update is vocab×width like
+    // token_embd.weight, and equals its own conversion.
+    let r = analyze(&peft, &opts(Some(&tiny_base()), Some(&gguf), 4), &|_, _| {}).unwrap();
+    let embd = r
+        .modules
+        .iter()
+        .find(|m| m.name == "token_embd.weight")
+        .expect("the embedding is analysed");
+    let base = loraguard::gguf::GgufFile::open(&tiny_base()).unwrap();
+    let ne = &base.tensor("token_embd.weight").unwrap().ne;
+    assert_eq!((embd.rows, embd.cols), (ne[1] as usize, ne[0] as usize));
+    assert!(embd.base.is_some());
+    let a = embd.against.as_ref().unwrap();
+    assert!((a.cosine - 1.0).abs() < 1e-6, "{}", a.cosine);
 }
 
 /// Dense reference: W's exact top-k subspaces, ΔW formed, every measure by definition.
@@ -228,4 +269,64 @@ fn analyze_cli_writes_json_and_refuses_bad_inputs_with_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a LoRA adapter"));
     assert!(!refused.exists(), "no report for a refused run");
+}
+
+#[test]
+fn analyze_plot_draws_svg_and_png_and_refuses_other_extensions() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_loraguard");
+    let peft = tiny_adapter("plain");
+    let run = |plot: &std::path::Path, json: &std::path::Path| {
+        std::process::Command::new(bin)
+            .args([
+                "-q".as_ref(),
+                "analyze".as_ref(),
+                peft.as_os_str(),
+                "--base".as_ref(),
+                tiny_base().as_os_str(),
+                "--top-k".as_ref(),
+                "4".as_ref(),
+                "--plot".as_ref(),
+                plot.as_os_str(),
+                "--json".as_ref(),
+                json.as_os_str(),
+            ])
+            .output()
+            .unwrap()
+    };
+    let (svg, png, json) = (
+        dir.path().join("a.svg"),
+        dir.path().join("a.png"),
+        dir.path().join("a.json"),
+    );
+    for p in [&svg, &png] {
+        let out = run(p, &json);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<svg"), "{}", &text[..40.min(text.len())]);
+    for want in [
+        "effective rank",
+        "top-4 left singular subspace",
+        "attn_q",
+        "ffn_down",
+    ] {
+        assert!(text.contains(want), "SVG lacks {want:?}");
+    }
+    // Two layers × 7 kinds: one marker per module and panel (3 panels).
+    assert_eq!(text.matches("<circle").count(), 14 * 3);
+    let decoder = png::Decoder::new(std::fs::File::open(&png).unwrap());
+    let reader = decoder.read_info().unwrap();
+    let info = reader.info();
+    assert_eq!((info.width, info.height), (960, 80 + 3 * 280));
+    // An unknown extension is refused before any work: exit 2, nothing written.
+    let (bad, json2) = (dir.path().join("a.pdf"), dir.path().join("b.json"));
+    let out = run(&bad, &json2);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(".svg or .png"));
+    assert!(!bad.exists() && !json2.exists());
 }

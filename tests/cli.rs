@@ -163,3 +163,52 @@ fn unknown_outtype_is_a_usage_error() {
     ]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn convert_refactors_reports_per_module_errors_and_checks_its_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("r.gguf");
+    let (adapter, base) = (tiny_adapter("plain"), tiny_base());
+    let run = |extra: &[&str], out: &std::path::Path| {
+        let mut args = vec![
+            os("convert"),
+            adapter.as_os_str(),
+            os("--base"),
+            base.as_os_str(),
+            os("-o"),
+            out.as_os_str(),
+        ];
+        args.extend(extra.iter().map(|s| os(s)));
+        loraguard(&args)
+    };
+    let out = run(&["--max-rank", "3", "--measure-error", "--json"], &out_path);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["refactor"]["max_rank"], 3);
+    let modules = v["modules"].as_array().unwrap();
+    assert_eq!(modules.len(), 14);
+    for m in modules {
+        assert_eq!(m["source_rank"], 8);
+        assert_eq!(m["rank"], 3);
+        let (t, w) = (
+            m["truncation_error"].as_f64().unwrap(),
+            m["written_error"].as_f64().unwrap(),
+        );
+        assert!(t > 0.0 && t < 1.0 && (w - t).abs() < 1e-3, "{m}");
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("total rank 112 -> 42"), "{err}");
+    let g = loraguard::gguf::GgufFile::open(&out_path).unwrap();
+    assert_eq!(g.get_u64("loraguard.refactor.max_rank"), Some(3));
+    // Bad values are usage errors and write nothing.
+    for bad in [["--energy", "0"], ["--energy", "1.5"], ["--max-rank", "0"]] {
+        let o = dir.path().join("bad.gguf");
+        let out = run(&bad, &o);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        assert!(!o.exists());
+    }
+}

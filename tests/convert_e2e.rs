@@ -299,3 +299,27 @@ fn safetensors_file_path_works_like_the_directory() {
     );
     assert_eq!(a, std::fs::read(b).unwrap(), "same input, same bytes");
 }
+
+#[test]
+fn rebalanced_adapters_reproduce_peft_logits_through_llama_cpp() {
+    use loraguard::linalg::truncate::Truncation;
+    let _g = LLAMA.lock().unwrap_or_else(|e| e.into_inner());
+    let model = load_model(&tiny_base());
+    let full = Some(Truncation {
+        max_rank: None,
+        energy: Some(1.0),
+    });
+    let mut failures = Vec::new();
+    for name in ADAPTERS {
+        for outtype in [OutType::F32, OutType::Q8_0] {
+            let dir = tempfile::tempdir().unwrap();
+            let (out, _) = crate::refactor::refactored(name, dir.path(), "bal.gguf", outtype, full);
+            let err = effect_error(&model, &out, 1.0, name);
+            eprintln!("{name} {outtype:?} re-balanced: relative error {err:.2e}");
+            if err > rel_tol(outtype) {
+                failures.push(format!("{name} {outtype:?}: {err:.3e}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}

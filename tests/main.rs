@@ -8,5 +8,6 @@ mod cli;
 mod common;
 mod convert_e2e;
 mod ggml_parity;
+mod refactor;
 mod refusals;
 mod smollm2;

@@ -4,6 +4,7 @@
 //! - [`source`]: adapters (PEFT or GGUF) as low-rank modules;
 //! - [`report`]: the report and its table.
 
+pub mod plot;
 pub mod report;
 pub mod source;
 
@@ -31,6 +32,10 @@ pub struct AnalyzeOptions {
     pub top_k: usize,
     /// Seed of the randomized SVD.
     pub seed: u64,
+    /// Power iterations of the randomized SVD (more: closer to the exact
+    /// top-k subspace when the base spectrum decays slowly; each costs two
+    /// passes over W).
+    pub power_iters: usize,
 }
 
 /// Spectrum statistics from singular values (descending).
@@ -92,12 +97,7 @@ fn to_f32(m: &Array2<f64>) -> Array2<f32> {
 }
 
 /// Measures of ΔW against its base weight W.
-fn base_measures(
-    dw: &LowRank,
-    w: ArrayView2<'_, f32>,
-    k: usize,
-    seed: u64,
-) -> Result<BaseMeasures> {
+fn base_measures(dw: &LowRank, w: ArrayView2<'_, f32>, rsvd: RsvdOptions) -> Result<BaseMeasures> {
     let (m, n) = (dw.rows(), dw.cols());
     if w.dim() != (m, n) {
         return Err(Error::Usage(format!(
@@ -106,8 +106,8 @@ fn base_measures(
             w.ncols()
         )));
     }
-    let k = k.min(m).min(n);
-    let top = randomized_svd(w, &RsvdOptions::new(k, seed))?;
+    let k = rsvd.k.min(m).min(n);
+    let top = randomized_svd(w, &RsvdOptions { k, ..rsvd })?;
     let uk = top.u;
     let vk = top.vt.t().to_owned();
     let col = principal_cosines(&uk, &orth(&dw.b)?)?;
@@ -211,7 +211,7 @@ pub fn analyze(
     let names = src.modules();
     if names.is_empty() {
         return Err(Error::Usage(format!(
-            "{} has no linear LoRA modules",
+            "{} has no LoRA modules",
             adapter.display()
         )));
     }
@@ -234,7 +234,11 @@ pub fn analyze(
             };
             if let Some((g, map)) = &base {
                 let w = base_weight(g, map, name)?;
-                rep.base = Some(base_measures(&dw, w.view(), opts.top_k, opts.seed)?);
+                let rsvd = RsvdOptions {
+                    power_iters: opts.power_iters,
+                    ..RsvdOptions::new(opts.top_k, opts.seed)
+                };
+                rep.base = Some(base_measures(&dw, w.view(), rsvd)?);
             }
             if let Some(o) = &other {
                 if other_names.contains(name) {

@@ -8,7 +8,7 @@ use ndarray::Array2;
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, GgufTensor};
 use crate::linalg::LowRank;
-use crate::peft::PeftAdapter;
+use crate::peft::{PairKind, PeftAdapter};
 
 /// Where an adapter's modules come from.
 pub enum AdapterSource {
@@ -59,9 +59,8 @@ impl AdapterSource {
             let tmp = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
             let out = tmp.path().join("adapter.gguf");
             let opts = crate::convert::ConvertOptions {
-                outtype: crate::convert::OutType::F32,
                 drop_unsupported: true,
-                dry_run: false,
+                ..crate::convert::ConvertOptions::new(crate::convert::OutType::F32)
             };
             crate::convert::convert(path, base, Some(&out), &opts, &|_, _| {})?;
             return Self::open_gguf(&out, Some(tmp));
@@ -99,27 +98,24 @@ impl AdapterSource {
         }
     }
 
-    /// Module names, in file order. Embedding LoRAs are left out (their
-    /// GGUF layout is not a B·A product of the base weight's shape).
+    /// Module names, in file order, embeddings included.
     pub fn modules(&self) -> Vec<String> {
         match self {
             AdapterSource::Gguf { file, .. } => file
                 .tensors
                 .iter()
                 .filter_map(|t| t.name.strip_suffix(".lora_a"))
-                .filter(|s| !s.ends_with("token_embd.weight"))
                 .map(String::from)
                 .collect(),
-            AdapterSource::Peft(p) => p
-                .pairs
-                .iter()
-                .filter(|x| x.kind == crate::peft::PairKind::Linear)
-                .map(|x| x.module.clone())
-                .collect(),
+            AdapterSource::Peft(p) => p.pairs.iter().map(|x| x.module.clone()).collect(),
         }
     }
 
-    /// ΔW of `module` as its factors (scale included).
+    /// ΔW of `module` as its factors (scale included), in the base weight's
+    /// orientation: out×in for a linear layer; for a token embedding the
+    /// vocab×width update ΔE = (B·A)ᵀ, held as Aᵀ·Bᵀ, so that it lines up
+    /// with the embedding matrix (GGUF `token_embd.weight`, HF
+    /// `embed_tokens.weight`) row for row.
     pub fn load(&self, module: &str) -> Result<LowRank> {
         match self {
             AdapterSource::Gguf {
@@ -132,27 +128,39 @@ impl AdapterSource {
                     })
                 };
                 let (ta, tb) = (get("lora_a")?, get("lora_b")?);
-                if ta.ne.len() != 2 || tb.ne.len() != 2 || ta.ne[1] != tb.ne[0] {
+                // Linear: lora_a ne [in, r], lora_b ne [r, out]. Embedding
+                // (llama.cpp gathers rows of lora_a per token): lora_a ne
+                // [r, vocab], lora_b ne [r, width].
+                let embedding = module.ends_with("token_embd.weight");
+                let pairs = ta.ne.len() == 2
+                    && tb.ne.len() == 2
+                    && if embedding {
+                        ta.ne[0] == tb.ne[0]
+                    } else {
+                        ta.ne[1] == tb.ne[0]
+                    };
+                if !pairs {
                     return Err(Error::Shape {
                         path: file.path.clone(),
                         tensor: module.into(),
                         reason: format!("lora_a {:?} and lora_b {:?} do not pair", ta.ne, tb.ne),
                     });
                 }
-                let (n, r, m) = (ta.ne[0] as usize, ta.ne[1] as usize, tb.ne[1] as usize);
                 let a = gguf_tensor_f32(&file.path, map, ta)?;
                 let b = gguf_tensor_f32(&file.path, map, tb)?;
+                let r = tb.ne[0] as usize;
                 let scale = match alpha {
                     Some(al) if *al != 0.0 => al / r as f64,
                     _ => 1.0,
                 };
-                Ok(LowRank::new(
-                    Array2::from_shape_vec((m, r), b.into_iter().map(f64::from).collect())
-                        .expect("sizes checked"),
-                    Array2::from_shape_vec((r, n), a.into_iter().map(f64::from).collect())
-                        .expect("sizes checked"),
-                    scale,
-                ))
+                let b = f64_matrix(tb.ne[1] as usize, r, &b);
+                Ok(if embedding {
+                    // a holds Aᵀ (vocab × r): ΔE = Aᵀ·Bᵀ.
+                    let at = f64_matrix(ta.ne[1] as usize, r, &a);
+                    LowRank::new(at, b.reversed_axes().as_standard_layout().to_owned(), scale)
+                } else {
+                    LowRank::new(b, f64_matrix(r, ta.ne[0] as usize, &a), scale)
+                })
             }
             AdapterSource::Peft(p) => {
                 let pair = p
@@ -161,20 +169,25 @@ impl AdapterSource {
                     .find(|x| x.module == module)
                     .ok_or_else(|| Error::Usage(format!("no module {module}")))?;
                 let (a, b) = (p.matrix(&pair.a)?, p.matrix(&pair.b)?);
-                Ok(LowRank::new(
-                    Array2::from_shape_vec(
-                        (b.rows, b.cols),
-                        b.data.iter().map(|x| f64::from(*x)).collect(),
-                    )
-                    .expect("sizes checked"),
-                    Array2::from_shape_vec(
-                        (a.rows, a.cols),
-                        a.data.iter().map(|x| f64::from(*x)).collect(),
-                    )
-                    .expect("sizes checked"),
-                    pair.scale.scale,
-                ))
+                let (a, b) = (
+                    f64_matrix(a.rows, a.cols, &a.data),
+                    f64_matrix(b.rows, b.cols, &b.data),
+                );
+                Ok(match pair.kind {
+                    PairKind::Linear => LowRank::new(b, a, pair.scale.scale),
+                    PairKind::Embedding => LowRank::new(
+                        a.reversed_axes().as_standard_layout().to_owned(),
+                        b.reversed_axes().as_standard_layout().to_owned(),
+                        pair.scale.scale,
+                    ),
+                })
             }
         }
     }
+}
+
+/// A row-major f32 buffer as an f64 matrix (sizes already checked).
+fn f64_matrix(rows: usize, cols: usize, data: &[f32]) -> Array2<f64> {
+    Array2::from_shape_vec((rows, cols), data.iter().map(|x| f64::from(*x)).collect())
+        .expect("sizes checked")
 }

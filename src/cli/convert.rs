@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use loraguard::convert::{convert, ConvertOptions, OutType};
+use loraguard::convert::{convert, ConvertOptions, ModuleStats, OutType};
+use loraguard::linalg::truncate::Truncation;
 
 use super::output::{print_stdout, Ui, EXIT_OK};
 
@@ -32,9 +33,29 @@ pub struct ConvertArgs {
     /// embeddings with new tokens) instead of refusing, and list them.
     #[arg(long)]
     pub drop_unsupported: bool,
+    /// Re-factor every module into balanced SVD form (B′ = U·√Σ, A′ = √Σ·Vᵀ)
+    /// of at most this rank; the error of each truncation is reported.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_rank: Option<u32>,
+    /// Re-factor every module into balanced SVD form keeping the fewest
+    /// singular values that hold this fraction of ‖ΔW‖²_F (0 < E ≤ 1; 1 keeps
+    /// every nonzero one and only re-balances).
+    #[arg(long, value_name = "E", value_parser = parse_energy)]
+    pub energy: Option<f64>,
+    /// Measure each module's relative error ‖ΔW − ΔW_written‖_F / ‖ΔW‖_F as
+    /// written (re-factoring plus the output type's rounding) and report it.
+    #[arg(long)]
+    pub measure_error: bool,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_energy(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(e) if e > 0.0 && e <= 1.0 => Ok(e),
+        _ => Err(format!("--energy takes a fraction in (0, 1], not {s:?}")),
+    }
 }
 
 fn parse_outtype(s: &str) -> Result<OutType, String> {
@@ -43,10 +64,16 @@ fn parse_outtype(s: &str) -> Result<OutType, String> {
 }
 
 pub fn run(args: ConvertArgs, ui: &Ui) -> anyhow::Result<i32> {
+    let truncation = (args.max_rank.is_some() || args.energy.is_some()).then_some(Truncation {
+        max_rank: args.max_rank.map(|k| k as usize),
+        energy: args.energy,
+    });
     let opts = ConvertOptions {
         outtype: args.outtype,
         drop_unsupported: args.drop_unsupported,
         dry_run: args.dry_run,
+        truncation,
+        measure_error: args.measure_error,
     };
     let bar = ui.bar("convert");
     let progress = |done: usize, total: usize| {
@@ -71,6 +98,9 @@ pub fn run(args: ConvertArgs, ui: &Ui) -> anyhow::Result<i32> {
             f.tensor, f.written, f.requested, f.reason
         ));
     }
+    if let Some(line) = module_summary(&report.modules) {
+        ui.say(&line);
+    }
     if args.json {
         let json = serde_json::json!({
             "adapter": report.adapter,
@@ -87,6 +117,14 @@ pub fn run(args: ConvertArgs, ui: &Ui) -> anyhow::Result<i32> {
             "source_sha256": report.source_sha256,
             "bytes_written": report.bytes_written,
             "dry_run": args.dry_run,
+            "refactor": report.truncation.map(|t| serde_json::json!({"max_rank": t.max_rank, "energy": t.energy})),
+            "modules": report.modules.iter().map(|m| serde_json::json!({
+                "tensor": m.tensor,
+                "source_rank": m.source_rank,
+                "rank": m.rank,
+                "truncation_error": m.truncation_error,
+                "written_error": m.written_error,
+            })).collect::<Vec<_>>(),
         });
         print_stdout(&format!("{}\n", serde_json::to_string_pretty(&json)?))?;
     } else if args.dry_run {
@@ -110,4 +148,37 @@ pub fn run(args: ConvertArgs, ui: &Ui) -> anyhow::Result<i32> {
         ));
     }
     Ok(EXIT_OK)
+}
+
+/// One line over the per-module figures: ranks and the worst and median errors.
+fn module_summary(modules: &[ModuleStats]) -> Option<String> {
+    if modules.is_empty() {
+        return None;
+    }
+    let stat = |mut v: Vec<f64>| -> Option<(f64, f64)> {
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        Some((v[v.len() / 2], v[v.len() - 1]))
+    };
+    let mut parts = Vec::new();
+    let (before, after): (usize, usize) = modules
+        .iter()
+        .fold((0, 0), |(b, a), m| (b + m.source_rank, a + m.rank));
+    if before != after || modules.iter().any(|m| m.truncation_error.is_some()) {
+        let lo = modules.iter().map(|m| m.rank).min().unwrap_or(0);
+        let hi = modules.iter().map(|m| m.rank).max().unwrap_or(0);
+        parts.push(format!(
+            "re-factored {} modules: total rank {before} -> {after} (per module {lo}..={hi})",
+            modules.len()
+        ));
+    }
+    if let Some((med, max)) = stat(modules.iter().filter_map(|m| m.truncation_error).collect()) {
+        parts.push(format!("truncation error median {med:.2e}, max {max:.2e}"));
+    }
+    if let Some((med, max)) = stat(modules.iter().filter_map(|m| m.written_error).collect()) {
+        parts.push(format!("error as written median {med:.2e}, max {max:.2e}"));
+    }
+    Some(parts.join("; "))
 }

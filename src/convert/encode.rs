@@ -19,13 +19,12 @@ use crate::quant::{encode_into, fits_f16};
 /// Elements batched per encode call.
 const SCRATCH: usize = 16 * 1024;
 
-/// Encode `rows × cols` values of type `ty`, filling each row with `fill`.
 /// Reusable output buffers.
 #[derive(Default)]
 pub struct BufPool(Mutex<Vec<Vec<u8>>>);
 
 impl BufPool {
-    fn get(&self) -> Vec<u8> {
+    pub(super) fn get(&self) -> Vec<u8> {
         let mut v = self
             .0
             .lock()
@@ -44,7 +43,9 @@ impl BufPool {
     }
 }
 
-fn encode_rows(
+/// Encode `rows × cols` values of type `ty`, filling each row with `fill`;
+/// `None` when a value does not fit the type (F16's range).
+pub(super) fn encode_rows(
     mut out: Vec<u8>,
     ty: GgmlType,
     rows: usize,

@@ -7,17 +7,21 @@
 
 mod encode;
 mod plan;
+pub mod refactor;
 mod write;
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 pub use encode::encode_target;
 pub use plan::{effective_b_factor, plan, Plan, Target, TargetPart};
+pub use refactor::ModuleStats;
 pub use write::write_gguf;
 
 use crate::base::BaseModel;
 use crate::error::{Error, Result};
 use crate::gguf::GgmlType;
+use crate::linalg::truncate::Truncation;
 use crate::matrix::SourceDtype;
 use crate::peft::{PeftAdapter, UnsupportedTensor};
 
@@ -68,6 +72,24 @@ pub struct ConvertOptions {
     pub drop_unsupported: bool,
     /// Validate and plan only; write nothing.
     pub dry_run: bool,
+    /// Re-factor every target into balanced SVD form, truncated by rank
+    /// and/or energy (`--max-rank`, `--energy`).
+    pub truncation: Option<Truncation>,
+    /// Measure each target's relative error as written (`--measure-error`).
+    pub measure_error: bool,
+}
+
+impl ConvertOptions {
+    /// A plain conversion to `outtype`: nothing dropped, re-factored or measured.
+    pub fn new(outtype: OutType) -> Self {
+        ConvertOptions {
+            outtype,
+            drop_unsupported: false,
+            dry_run: false,
+            truncation: None,
+            measure_error: false,
+        }
+    }
 }
 
 /// A tensor written in another type than requested, and why.
@@ -97,6 +119,10 @@ pub struct ConvertReport {
     pub transforms: Vec<String>,
     pub source_sha256: Option<String>,
     pub bytes_written: u64,
+    /// The re-factoring applied, if any.
+    pub truncation: Option<Truncation>,
+    /// Per-target ranks and errors (with re-factoring or `--measure-error`).
+    pub modules: Vec<ModuleStats>,
 }
 
 /// Convert the PEFT adapter at `adapter_path` for the base model at
@@ -113,6 +139,10 @@ pub fn convert(
     let base = BaseModel::open(base_path)?;
     let plan = plan(&adapter, &base, opts.drop_unsupported)?;
     let outtype = opts.outtype.resolve(&adapter.dtypes());
+    let mut transforms = transforms(&plan);
+    if opts.truncation.is_some() {
+        transforms.push("balanced_svd_refactor".to_string());
+    }
     let mut report = ConvertReport {
         adapter: adapter.dir.clone(),
         base: base_path.to_path_buf(),
@@ -124,18 +154,98 @@ pub fn convert(
         baked: plan.baked,
         dropped: plan.dropped.clone(),
         fallbacks: Vec::new(),
-        transforms: transforms(&plan),
+        transforms,
         source_sha256: None,
         bytes_written: 0,
+        truncation: opts.truncation,
+        modules: Vec::new(),
     };
-    if opts.dry_run {
+    let out = match (opts.dry_run, out) {
+        (true, _) => None,
+        (false, Some(o)) => Some(o),
+        (false, None) => {
+            return Err(Error::Usage(
+                "an output path is required unless --dry-run".into(),
+            ))
+        }
+    };
+    if opts.dry_run || opts.truncation.is_some() {
         adapter.check_finite()?;
-        report.fallbacks = write::planned_fallbacks(&plan, outtype);
-        return Ok(report);
     }
-    let out =
-        out.ok_or_else(|| Error::Usage("an output path is required unless --dry-run".into()))?;
-    write_gguf(&adapter, &base, &plan, outtype, out, progress, &mut report)?;
+    if opts.truncation.is_some() || opts.measure_error {
+        crate::linalg::init();
+    }
+    let truncated = match &opts.truncation {
+        Some(t) => Some(refactor::plan_ranks(&adapter, &plan, t)?),
+        None => None,
+    };
+    let ranks: Vec<usize> = match &truncated {
+        Some(v) => v.iter().map(|(k, _)| *k).collect(),
+        None => plan.targets.iter().map(|t| t.rank).collect(),
+    };
+    let stats = |written: Vec<Option<f64>>| -> Vec<ModuleStats> {
+        plan.targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| ModuleStats {
+                tensor: t.tensor.clone(),
+                source_rank: t.rank,
+                rank: ranks[i],
+                truncation_error: truncated.as_ref().map(|v| v[i].1),
+                written_error: written[i],
+            })
+            .collect()
+    };
+    let Some(out) = out else {
+        report.fallbacks = write::planned_fallbacks(&plan, &ranks, outtype);
+        if truncated.is_some() {
+            report.modules = stats(vec![None; plan.targets.len()]);
+        }
+        return Ok(report);
+    };
+    let written = Mutex::new(vec![None; plan.targets.len()]);
+    let encoder = |i: usize, t: &Target, types: (GgmlType, GgmlType), pool: &encode::BufPool| {
+        let delta = if opts.truncation.is_some() || opts.measure_error {
+            Some(refactor::target_lowrank(&adapter, t, plan.alpha)?)
+        } else {
+            None
+        };
+        let pair = match &delta {
+            Some(d) if opts.truncation.is_some() => refactor::encode_refactored(
+                d,
+                t,
+                plan.alpha,
+                ranks[i],
+                types,
+                pool,
+                &adapter.weights_path,
+            )?,
+            _ => encode_target(&adapter, t, types.0, types.1, pool)?,
+        };
+        if let (Some(d), true) = (&delta, opts.measure_error) {
+            let e = refactor::written_error(d, t, ranks[i], plan.alpha, (&pair.0, &pair.1), types)?;
+            if let Ok(mut w) = written.lock() {
+                w[i] = Some(e);
+            }
+        }
+        Ok(pair)
+    };
+    write_gguf(
+        &adapter,
+        &base,
+        &plan,
+        &ranks,
+        &encoder,
+        out,
+        progress,
+        &mut report,
+    )?;
+    if truncated.is_some() || opts.measure_error {
+        let written = written
+            .into_inner()
+            .map_err(|_| Error::Internal("error measurement poisoned".into()))?;
+        report.modules = stats(written);
+    }
     report.output = Some(out.to_path_buf());
     Ok(report)
 }

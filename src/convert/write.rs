@@ -5,7 +5,7 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
-use super::encode::{encode_target, BufPool, EncodedPair};
+use super::encode::{BufPool, EncodedPair};
 use super::plan::{Plan, Target};
 use super::{ConvertReport, Fallback};
 use crate::atomic::AtomicFile;
@@ -17,9 +17,9 @@ use crate::peft::{PairKind, PeftAdapter};
 /// Metadata key holding the source's sha256 (patched after streaming).
 pub const SHA_KEY: &str = "loraguard.source.sha256";
 
-/// ggml `ne` of a target's `lora_a` and `lora_b`.
-fn shapes(t: &Target) -> ([u64; 2], [u64; 2]) {
-    let (r, din, dout) = (t.rank as u64, t.d_in as u64, t.d_out as u64);
+/// ggml `ne` of a target's `lora_a` and `lora_b` at rank `rank`.
+fn shapes(t: &Target, rank: usize) -> ([u64; 2], [u64; 2]) {
+    let (r, din, dout) = (rank as u64, t.d_in as u64, t.d_out as u64);
     match t.kind {
         PairKind::Linear => ([din, r], [r, dout]),
         PairKind::Embedding => ([r, din], [r, dout]),
@@ -41,12 +41,17 @@ fn tensor_type(requested: GgmlType, ne0: u64) -> (GgmlType, Option<String>) {
     }
 }
 
-/// Tensor descriptors and the fallbacks they imply.
-fn descriptors(plan: &Plan, outtype: GgmlType) -> (Vec<TensorDesc>, Vec<Fallback>) {
+/// Tensor descriptors and the fallbacks they imply; `ranks[i]` is the rank
+/// target i is written at.
+fn descriptors(
+    plan: &Plan,
+    ranks: &[usize],
+    outtype: GgmlType,
+) -> (Vec<TensorDesc>, Vec<Fallback>) {
     let mut descs = Vec::with_capacity(plan.targets.len() * 2);
     let mut fallbacks = Vec::new();
-    for t in &plan.targets {
-        let (ne_a, ne_b) = shapes(t);
+    for (t, rank) in plan.targets.iter().zip(ranks) {
+        let (ne_a, ne_b) = shapes(t, *rank);
         for (suffix, ne) in [("lora_a", ne_a), ("lora_b", ne_b)] {
             let name = format!("{}.{suffix}", t.tensor);
             let (ty, why) = tensor_type(outtype, ne[0]);
@@ -69,15 +74,19 @@ fn descriptors(plan: &Plan, outtype: GgmlType) -> (Vec<TensorDesc>, Vec<Fallback
 }
 
 /// The fallbacks a conversion to `outtype` will make (for `--dry-run`).
-pub fn planned_fallbacks(plan: &Plan, outtype: GgmlType) -> Vec<Fallback> {
-    descriptors(plan, outtype).1
+pub fn planned_fallbacks(plan: &Plan, ranks: &[usize], outtype: GgmlType) -> Vec<Fallback> {
+    descriptors(plan, ranks, outtype).1
 }
+
+/// Produces target i's encoded pair, given its tensor types and a buffer pool.
+pub type Encoder<'e, 'a> =
+    dyn Fn(usize, &Target, (GgmlType, GgmlType), &BufPool) -> Result<EncodedPair<'a>> + Sync + 'e;
 
 fn metadata(
     adapter: &PeftAdapter,
     base: &BaseModel,
     plan: &Plan,
-    transforms: &[String],
+    report: &ConvertReport,
 ) -> Vec<(String, MetaValue)> {
     let s = |v: &str| MetaValue::Str(v.to_string());
     let mut m = vec![
@@ -125,25 +134,41 @@ fn metadata(
     ));
     m.push((
         "loraguard.transforms".to_string(),
-        MetaValue::ArrStr(transforms.to_vec()),
+        MetaValue::ArrStr(report.transforms.clone()),
     ));
+    if let Some(t) = &report.truncation {
+        if let Some(k) = t.max_rank {
+            m.push((
+                "loraguard.refactor.max_rank".to_string(),
+                MetaValue::U32(k.min(u32::MAX as usize) as u32),
+            ));
+        }
+        if let Some(e) = t.energy {
+            m.push((
+                "loraguard.refactor.energy".to_string(),
+                MetaValue::F32(e as f32),
+            ));
+        }
+    }
     m
 }
 
-/// Write the plan to `out` atomically; fills the report's fallbacks, hash
-/// and size.
-pub fn write_gguf(
-    adapter: &PeftAdapter,
+/// Write the plan to `out` atomically, target i at rank `ranks[i]` through
+/// `encode`; fills the report's fallbacks, hash and size.
+#[allow(clippy::too_many_arguments)]
+pub fn write_gguf<'a>(
+    adapter: &'a PeftAdapter,
     base: &BaseModel,
     plan: &Plan,
-    outtype: GgmlType,
+    ranks: &[usize],
+    encode: &Encoder<'_, 'a>,
     out: &Path,
     progress: &(dyn Fn(usize, usize) + Sync),
     report: &mut ConvertReport,
 ) -> Result<()> {
-    let (descs, fallbacks) = descriptors(plan, outtype);
+    let (descs, fallbacks) = descriptors(plan, ranks, report.outtype);
     let types: Vec<GgmlType> = descs.iter().map(|d| d.ty).collect();
-    let meta = metadata(adapter, base, plan, &report.transforms);
+    let meta = metadata(adapter, base, plan, report);
     let io = |e: std::io::Error| Error::io(out, e);
     let mut file = AtomicFile::create(out)?;
     let total = plan.targets.len();
@@ -158,17 +183,17 @@ pub fn write_gguf(
             .ok_or_else(|| Error::Internal("sha256 placeholder missing".into()))?;
         // Encode chunk i+1 while chunk i is written (rayon::join), so the
         // file writes overlap the conversion.
-        let encode_chunk = |ci: usize, targets: &[Target]| -> Vec<Result<EncodedPair<'_>>> {
+        let encode_chunk = |ci: usize, targets: &[Target]| -> Vec<Result<EncodedPair<'a>>> {
             targets
                 .par_iter()
                 .enumerate()
                 .map(|(j, t)| {
-                    let k = (ci * chunk + j) * 2;
-                    encode_target(adapter, t, types[k], types[k + 1], &pool)
+                    let i = ci * chunk + j;
+                    encode(i, t, (types[2 * i], types[2 * i + 1]), &pool)
                 })
                 .collect()
         };
-        let mut write_chunk = |encoded: Vec<Result<EncodedPair<'_>>>| -> Result<usize> {
+        let mut write_chunk = |encoded: Vec<Result<EncodedPair<'a>>>| -> Result<usize> {
             let n = encoded.len();
             for e in encoded {
                 let (a, b) = e?;
@@ -180,7 +205,7 @@ pub fn write_gguf(
             Ok(n)
         };
         let mut done = 0;
-        let mut pending: Vec<Result<EncodedPair<'_>>> = Vec::new();
+        let mut pending: Vec<Result<EncodedPair<'a>>> = Vec::new();
         for (ci, targets) in plan.targets.chunks(chunk).enumerate() {
             let (written, next) = rayon::join(
                 || write_chunk(std::mem::take(&mut pending)),

@@ -127,6 +127,18 @@ impl LowRank {
         }
     }
 
+    /// ‖self − other‖_F, stably: the difference as one stacked low-rank
+    /// product [s₁B₁, −s₂B₂]·[A₁; A₂] = Q_B·(R_B·R_Aᵀ)·Q_Aᵀ has the norm of
+    /// its small core, so nearly equal updates do not lose their difference
+    /// to cancellation between two large Gram sums.
+    pub fn difference_norm(&self, other: &LowRank) -> Result<f64> {
+        let neg = LowRank::new(other.b.clone(), other.a.clone(), -other.scale);
+        let d = self.concat(&neg);
+        let (_, rb) = thin_qr(&d.b)?;
+        let (_, ra) = thin_qr(&d.a.t().to_owned())?;
+        Ok(rb.dot(&ra.t()).mapv(|x| x * x).sum().sqrt())
+    }
+
     /// The dense m×n product (tests and small references only).
     pub fn to_dense(&self) -> Array2<f64> {
         self.b.dot(&self.a) * self.scale
@@ -237,6 +249,14 @@ pub(crate) mod tests {
         assert!((x.cosine(&x) - 1.0).abs() < 1e-12);
         let neg = LowRank::new(x.b.clone(), x.a.clone(), -x.scale);
         assert!((x.cosine(&neg) + 1.0).abs() < 1e-12);
+        let dd = (&dx - &dy).mapv(|v| v * v).sum().sqrt();
+        assert!((x.difference_norm(&y).unwrap() - dd).abs() < 1e-10 * dd);
+        // A difference of 1e-9 relative survives (Gram sums would lose it).
+        let mut near = x.clone();
+        near.scale *= 1.0 + 1e-9;
+        let want = 1e-9 * dn;
+        let got = x.difference_norm(&near).unwrap();
+        assert!((got - want).abs() < 1e-3 * want, "{got} vs {want}");
         let sum = x.concat(&y);
         let err = (&sum.to_dense() - &(&dx + &dy)).mapv(|v| v.abs()).sum();
         assert!(err < 1e-10);

@@ -3,6 +3,7 @@
 //! - [`lowrank`]: ΔW = s·B·A: its SVD through thin QRs and an r×r core,
 //!   Frobenius inner products, norms and cosines between low-rank products;
 //! - [`subspace`]: orthonormal bases, principal angles, energy fractions;
+//! - [`truncate`]: rank truncation (by rank or energy) into balanced factors;
 //! - [`rsvd`]: randomized SVD (Halko, Martinsson and Tropp 2011) for the top-k
 //!   singular subspace of a full base weight.
 //!
@@ -11,6 +12,7 @@
 pub mod lowrank;
 pub mod rsvd;
 pub mod subspace;
+pub mod truncate;
 
 pub use lowrank::{LowRank, Svd};
 

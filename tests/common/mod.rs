@@ -41,11 +41,7 @@ pub fn smollm2_model() -> PathBuf {
 }
 
 pub fn opts(outtype: OutType) -> ConvertOptions {
-    ConvertOptions {
-        outtype,
-        drop_unsupported: false,
-        dry_run: false,
-    }
+    ConvertOptions::new(outtype)
 }
 
 /// Convert into `dir/out.gguf`.
