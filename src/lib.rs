@@ -29,6 +29,7 @@ pub mod matrix;
 mod mmap;
 pub mod peft;
 pub mod quant;
+pub mod safelora;
 
 pub use error::{Error, Result};
 /// The llama.cpp wrapper crate, re-exported for tests and embedders.

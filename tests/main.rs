@@ -10,4 +10,5 @@ mod convert_e2e;
 mod ggml_parity;
 mod refactor;
 mod refusals;
+mod safe_lora;
 mod smollm2;

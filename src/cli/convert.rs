@@ -51,14 +51,14 @@ pub struct ConvertArgs {
     pub json: bool,
 }
 
-fn parse_energy(s: &str) -> Result<f64, String> {
+pub(super) fn parse_energy(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(e) if e > 0.0 && e <= 1.0 => Ok(e),
         _ => Err(format!("--energy takes a fraction in (0, 1], not {s:?}")),
     }
 }
 
-fn parse_outtype(s: &str) -> Result<OutType, String> {
+pub(super) fn parse_outtype(s: &str) -> Result<OutType, String> {
     OutType::parse(s)
         .ok_or_else(|| format!("unknown outtype {s:?}; expected f32, f16, bf16, q8_0 or auto"))
 }

@@ -7,6 +7,7 @@ mod convert;
 mod diff;
 mod inspect;
 mod output;
+mod safe_lora;
 
 use clap::{Parser, Subcommand};
 
@@ -34,6 +35,9 @@ pub enum Command {
     /// SVD subspace analysis of an adapter: spectra, effective rank, overlap with
     /// the base weights and with another adapter.
     Analyze(analyze::AnalyzeArgs),
+    /// Safe LoRA: project an adapter's updates onto the alignment subspace
+    /// V = W_aligned − W_base, module by module (Hsu et al., 2024).
+    SafeLora(safe_lora::SafeLoraArgs),
     /// Run prompts through llama.cpp (with adapters) and measure refusals.
     Check(check::CheckArgs),
     /// Compare two `check --json` reports: refusal flips and rate deltas.
@@ -59,6 +63,7 @@ pub fn run() -> i32 {
         Command::Convert(args) => convert::run(args, &ui),
         Command::Inspect(args) => inspect::run(args),
         Command::Analyze(args) => analyze::run(args, &ui),
+        Command::SafeLora(args) => safe_lora::run(args, &ui),
         Command::Check(args) => check::run(args, &ui, cli.threads),
         Command::Diff(args) => diff::run(args, &ui),
     };

@@ -99,6 +99,11 @@ impl GgmlType {
         self.row().2
     }
 
+    /// F32, F16 or BF16: not quantized.
+    pub fn is_float(self) -> bool {
+        matches!(self, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+    }
+
     /// Elements per block.
     pub fn block_size(self) -> u64 {
         self.row().3
