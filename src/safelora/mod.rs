@@ -16,7 +16,7 @@ pub mod weights;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use ndarray::Array2;
+use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
 use regex::Regex;
 use serde::Serialize;
@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::gguf::GgmlType;
 use crate::peft::{PairKind, PeftAdapter};
 use project::{round5, similarity, Alignment};
-use weights::{GgufPlace, Weights};
+use weights::{GgufPlace, Op, Scratch, Weights};
 
 /// Which modules are projected.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -176,18 +176,16 @@ fn to_f64(m: crate::matrix::Matrix) -> Array2<f64> {
     .expect("sizes checked")
 }
 
-/// The quantization error of `w` in `ty`, relative to `norm`.
-fn quantization_noise(w: &Array2<f32>, ty: GgmlType, norm: f64) -> Result<f64> {
-    let w = w.as_standard_layout();
-    let data = w.as_slice().expect("standard layout");
-    let q = loraguard_llama::ggml::quantize(ty.id(), data, w.ncols())?;
+/// ‖W − deq(quant_ty(W))‖_F for the row-major weight `data` (rows of `cols`).
+fn quantization_error(data: &[f32], cols: usize, ty: GgmlType) -> Result<f64> {
+    let q = loraguard_llama::ggml::quantize(ty.id(), data, cols)?;
     let back = loraguard_llama::ggml::dequantize(ty.id(), &q, data.len())?;
     let err: f64 = data
         .iter()
         .zip(&back)
         .map(|(a, b)| f64::from(a - b).powi(2))
         .sum();
-    Ok(err.sqrt() / norm)
+    Ok(err.sqrt())
 }
 
 /// Compute one module: V, the projected B, the similarity.
@@ -198,6 +196,7 @@ fn compute(
     aligned: &Weights,
     place: Option<&GgufPlace>,
     opts: &SafeLoraOptions,
+    scratch: &mut Scratch,
 ) -> Result<Computed> {
     let m = &pair.module;
     let (d_out, d_in) = (pair.d_out(), pair.d_in());
@@ -217,41 +216,46 @@ fn compute(
         ),
     };
     let mut noise = None;
+    let lr;
     let v = match aligned {
         Weights::Peft(_) => {
-            let lr = aligned.low_rank(m)?.ok_or_else(|| missing(aligned))?;
+            lr = aligned.low_rank(m)?.ok_or_else(|| missing(aligned))?;
             Alignment::LowRank(lr)
         }
         _ => {
-            let wb = base
-                .dense(m, pair.kind, place)?
-                .ok_or_else(|| missing(base))?;
-            if wb.dim() != (d_out, d_in) {
-                return Err(shape_err(base, wb.dim()));
-            }
-            let wa = aligned
-                .dense(m, pair.kind, place)?
+            let got = aligned
+                .apply_into(m, pair.kind, place, scratch, Op::Set)?
                 .ok_or_else(|| missing(aligned))?;
-            if wa.dim() != (d_out, d_in) {
-                return Err(shape_err(aligned, wa.dim()));
+            if got != (d_out, d_in) {
+                return Err(shape_err(aligned, got));
             }
             let quantized = base.gguf_type(place).filter(|t| !t.is_float());
             let aligned_float = aligned.gguf_type(place).is_none_or(|t| t.is_float());
-            let v = &wa - &wb;
             if let (Some(ty), true, PairKind::Linear) = (quantized, aligned_float, pair.kind) {
-                let n = v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-                if n > 0.0 {
-                    noise = Some(quantization_noise(&wa, ty, n)?);
-                }
+                noise = Some(quantization_error(scratch.v(), d_in, ty)?);
             }
-            Alignment::Dense(v)
+            // A base of another shape leaves V untouched and is refused here.
+            let got = base
+                .apply_into(m, pair.kind, place, scratch, Op::Subtract)?
+                .ok_or_else(|| missing(base))?;
+            if got != (d_out, d_in) {
+                return Err(shape_err(base, got));
+            }
+            Alignment::Dense(
+                ArrayView2::from_shape((d_out, d_in), scratch.v()).expect("shape checked"),
+            )
         }
     };
     if v.shape() != (d_out, d_in) {
         return Err(shape_err(aligned, v.shape()));
     }
     let norm = v.norm();
-    if norm == 0.0 || !norm.is_finite() {
+    if !norm.is_finite() {
+        return Err(Error::Usage(format!(
+            "module {m}: the aligned or base weights hold NaN or Inf"
+        )));
+    }
+    if norm == 0.0 {
         return Err(Error::Usage(format!(
             "module {m}: the aligned and base weights are identical (V = 0), so there is no \
              alignment direction to project onto"
@@ -276,7 +280,7 @@ fn compute(
             norm_before: s * nb,
             norm_after: s * np,
             alignment_norm: norm,
-            quantization_noise: noise,
+            quantization_noise: noise.map(|e| e / norm),
         },
         projected_b: p.mapv(|x| x as f32),
         b_name: pair.b.name.clone(),
@@ -393,8 +397,16 @@ pub fn safe_lora(
     progress(0, pairs.len());
     let computed: Vec<Result<Computed>> = pairs
         .par_iter()
-        .map(|p| {
-            let r = compute(&adapter, p, &base, &aligned, places.get(&p.module), opts);
+        .map_init(Scratch::default, |scratch, p| {
+            let r = compute(
+                &adapter,
+                p,
+                &base,
+                &aligned,
+                places.get(&p.module),
+                opts,
+                scratch,
+            );
             let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             progress(n, pairs.len());
             r

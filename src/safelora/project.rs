@@ -15,14 +15,14 @@ use crate::linalg::LowRank;
 
 /// V for one module, in the adapter's layout.
 #[derive(Debug, Clone)]
-pub enum Alignment {
-    /// W_aligned − W_base, dense.
-    Dense(Array2<f32>),
+pub enum Alignment<'a> {
+    /// W_aligned − W_base, dense (in a worker's reusable buffer).
+    Dense(ArrayView2<'a, f32>),
     /// An aligned model given as base + a safety adapter: V is its ΔW.
     LowRank(LowRank),
 }
 
-impl Alignment {
+impl Alignment<'_> {
     pub fn shape(&self) -> (usize, usize) {
         match self {
             Alignment::Dense(v) => v.dim(),
@@ -33,7 +33,10 @@ impl Alignment {
     /// ‖V‖_F.
     pub fn norm(&self) -> f64 {
         match self {
-            Alignment::Dense(v) => v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt(),
+            Alignment::Dense(v) => match v.as_slice() {
+                Some(xs) => sum_sq(xs).sqrt(),
+                None => v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt(),
+            },
             Alignment::LowRank(l) => l.norm(),
         }
     }
@@ -65,7 +68,7 @@ impl Alignment {
                     oversample: 20,
                     ..RsvdOptions::new(k, seed)
                 };
-                randomized_svd(v.view(), &opts)?.u
+                randomized_svd(*v, &opts)?.u
             }
             Alignment::LowRank(l) => {
                 let svd = l.svd()?;
@@ -74,6 +77,20 @@ impl Alignment {
             }
         })
     }
+}
+
+/// Σx² in f64, eight lanes at a time (the scalar iterator chain was 14% of
+/// a safe-lora run).
+pub fn sum_sq(xs: &[f32]) -> f64 {
+    let mut acc = [0f64; 8];
+    let chunks = xs.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, x) in acc.iter_mut().zip(c) {
+            *a += f64::from(*x) * f64::from(*x);
+        }
+    }
+    acc.iter().sum::<f64>() + rest.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>()
 }
 
 /// Cosine of the flattened P·A and B·A, and ‖P·A‖_F, ‖B·A‖_F, from Grams.
@@ -120,7 +137,8 @@ mod tests {
         let v = random(m, n, 1);
         let (b, a) = (random(m, r, 2), random(r, n, 3));
         let (want_cb, want_cos) = dense(&v, &b, &a);
-        let dense_v = Alignment::Dense(v.mapv(|x| x as f32));
+        let v32 = v.mapv(|x| x as f32);
+        let dense_v = Alignment::Dense(v32.view());
         let norm = dense_v.norm();
         let cb = dense_v.paper_projection(&b, norm);
         let err = (&cb - &want_cb)
@@ -149,5 +167,8 @@ mod tests {
         assert_eq!(similarity(&zero, &zero, a.view()).0, 1.0, "no update");
         assert_eq!(similarity(&zero, &random(6, 2, 2), a.view()).0, 0.0);
         assert_eq!(round5(0.123456), 0.12346);
+        let xs: Vec<f32> = (0..1003).map(|i| i as f32 * 0.01 - 3.0).collect();
+        let want: f64 = xs.iter().map(|x| f64::from(*x).powi(2)).sum();
+        assert!((sum_sq(&xs) - want).abs() < 1e-9 * want);
     }
 }

@@ -71,17 +71,23 @@ pub enum Weights {
 fn read_at(file: &File, path: &Path, offset: u64, len: u64) -> Result<Vec<u8>> {
     let len = usize::try_from(len).map_err(|_| Error::malformed(path, "tensor", "too large"))?;
     let mut buf = vec![0u8; len];
+    read_exact_at(file, path, offset, &mut buf)?;
+    Ok(buf)
+}
+
+/// Fill `buf` from `file` at `offset`.
+fn read_exact_at(file: &File, path: &Path, offset: u64, buf: &mut [u8]) -> Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::FileExt;
-        file.read_exact_at(&mut buf, offset)
+        file.read_exact_at(buf, offset)
             .map_err(|e| Error::io(path, e))?;
     }
     #[cfg(windows)]
     {
         use std::os::windows::fs::FileExt;
         let mut done = 0;
-        while done < len {
+        while done < buf.len() {
             let n = file
                 .seek_read(&mut buf[done..], offset + done as u64)
                 .map_err(|e| Error::io(path, e))?;
@@ -95,7 +101,69 @@ fn read_at(file: &File, path: &Path, offset: u64, len: u64) -> Result<Vec<u8>> {
             done += n;
         }
     }
-    Ok(buf)
+    Ok(())
+}
+
+/// A worker's reusable buffers: big allocations freed after every module
+/// would be returned to the OS and page-faulted in again for the next one
+/// (that cost more system time than all the arithmetic).
+/// Both only ever grow: shrinking and regrowing would zero-fill again.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    bytes: Vec<u8>,
+    buf: Vec<f32>,
+    /// Elements of `buf` in use.
+    len: usize,
+}
+
+impl Scratch {
+    /// The module's V (or a weight on its way to V), row-major.
+    pub fn v(&self) -> &[f32] {
+        &self.buf[..self.len]
+    }
+
+    fn v_mut(&mut self) -> &mut [f32] {
+        &mut self.buf[..self.len]
+    }
+
+    /// Make `v` hold `n` elements (contents unspecified until set).
+    fn set_len(&mut self, n: usize) {
+        if self.buf.len() < n {
+            self.buf.resize(n, 0.0);
+        }
+        self.len = n;
+    }
+
+    fn bytes(&mut self, n: usize) -> &mut [u8] {
+        if self.bytes.len() < n {
+            self.bytes.resize(n, 0);
+        }
+        &mut self.bytes[..n]
+    }
+}
+
+/// How a weight enters [`Scratch::v`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Set,
+    Subtract,
+}
+
+/// Elements decoded per step when subtracting.
+const CHUNK: usize = 4096;
+
+fn apply(op: Op, dtype: SourceDtype, bytes: &[u8], v: &mut [f32]) {
+    match op {
+        Op::Set => decode_into(dtype, bytes, v),
+        Op::Subtract => {
+            let mut tmp = [0f32; CHUNK];
+            for (b, out) in bytes.chunks(CHUNK * dtype.size()).zip(v.chunks_mut(CHUNK)) {
+                let t = &mut tmp[..out.len()];
+                decode_into(dtype, b, t);
+                out.iter_mut().zip(t.iter()).for_each(|(o, x)| *o -= x);
+            }
+        }
+    }
 }
 
 fn open_file(path: &Path) -> Result<File> {
@@ -234,12 +302,12 @@ impl HfCheckpoint {
         })
     }
 
-    /// The f32 matrix of tensor `name`, as stored (rows × cols).
-    fn matrix(&self, name: &str) -> Result<Option<Array2<f32>>> {
+    /// Tensor `name`'s entry, checked to be a matrix of consistent size.
+    fn entry(&self, name: &str) -> Result<Option<(&Entry, usize, usize)>> {
         let Some(e) = self.tensors.get(name) else {
             return Ok(None);
         };
-        let (path, file) = &self.shards[e.shard];
+        let path = &self.shards[e.shard].0;
         let [rows, cols] = e.shape[..] else {
             return Err(Error::Shape {
                 path: path.clone(),
@@ -257,12 +325,47 @@ impl HfCheckpoint {
                 format!("tensor {name}: size disagrees with its shape"),
             ));
         }
+        Ok(Some((e, rows, cols)))
+    }
+
+    /// The f32 matrix of tensor `name`, as stored (rows × cols).
+    fn matrix(&self, name: &str) -> Result<Option<Array2<f32>>> {
+        let Some((e, rows, cols)) = self.entry(name)? else {
+            return Ok(None);
+        };
+        let (path, file) = &self.shards[e.shard];
         let bytes = read_at(file, path, e.start, e.end - e.start)?;
         let mut data = vec![0f32; rows * cols];
         decode_into(e.dtype, &bytes, &mut data);
         Ok(Some(
             Array2::from_shape_vec((rows, cols), data).expect("size checked"),
         ))
+    }
+
+    /// Tensor `name` applied into `scratch.v` (rows × cols, as stored),
+    /// through the reusable byte buffer.
+    fn apply_into(
+        &self,
+        name: &str,
+        scratch: &mut Scratch,
+        op: Op,
+    ) -> Result<Option<(usize, usize)>> {
+        let Some((e, rows, cols)) = self.entry(name)? else {
+            return Ok(None);
+        };
+        let (path, file) = &self.shards[e.shard];
+        let n = (e.end - e.start) as usize;
+        read_exact_at(file, path, e.start, scratch.bytes(n))?;
+        match op {
+            Op::Set => scratch.set_len(rows * cols),
+            Op::Subtract if scratch.len != rows * cols => return Ok(Some((rows, cols))),
+            Op::Subtract => {}
+        }
+        let Scratch {
+            bytes, buf, len, ..
+        } = scratch;
+        apply(op, e.dtype, &bytes[..n], &mut buf[..*len]);
+        Ok(Some((rows, cols)))
     }
 }
 
@@ -397,6 +500,40 @@ impl Weights {
             Weights::Gguf { file, .. } => place.is_some_and(|p| file.tensor(&p.tensor).is_some()),
             Weights::Peft(p) => p.pairs.iter().any(|x| x.module == module),
         }
+    }
+
+    /// The module's weight (as [`Weights::dense`] returns it) set into or
+    /// subtracted from `scratch.v`; its shape, or `None` when absent.
+    pub fn apply_into(
+        &self,
+        module: &str,
+        kind: PairKind,
+        place: Option<&GgufPlace>,
+        scratch: &mut Scratch,
+        op: Op,
+    ) -> Result<Option<(usize, usize)>> {
+        if let (Weights::Hf(h), PairKind::Linear) = (self, kind) {
+            return h.apply_into(&format!("{module}.weight"), scratch, op);
+        }
+        let Some(m) = self.dense(module, kind, place)? else {
+            return Ok(None);
+        };
+        let m = m.as_standard_layout();
+        let data = m.as_slice().expect("standard layout");
+        match op {
+            Op::Set => {
+                scratch.set_len(data.len());
+                scratch.v_mut().copy_from_slice(data);
+            }
+            // A shape mismatch is reported by the caller from the shape.
+            Op::Subtract if scratch.len != data.len() => {}
+            Op::Subtract => scratch
+                .v_mut()
+                .iter_mut()
+                .zip(data)
+                .for_each(|(o, x)| *o -= x),
+        }
+        Ok(Some(m.dim()))
     }
 
     /// For a PEFT source: its ΔW for `module` (B·A orientation), if it has one.
