@@ -352,3 +352,75 @@ fn cli_prints_a_summary_writes_the_report_and_exits_2_on_bad_input() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("identical"));
     assert!(!out.exists() && !report.exists());
 }
+
+#[test]
+fn a_gguf_lora_input_gives_what_its_peft_source_gives() {
+    let _g = LLAMA.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = tiny_adapter("plain");
+    let (lora, _) = convert_to(&adapter, &tiny_base(), dir.path(), OutType::F16);
+    let opts = options(
+        &tiny_base(),
+        &fixture("tiny/aligned.gguf"),
+        Selection::TopN(5),
+        Projection::Paper,
+    );
+    let (from_peft, from_gguf) = (dir.path().join("peft.gguf"), dir.path().join("gguf.gguf"));
+    let r1 = safe_lora(&adapter, &from_peft, &opts, &|_, _| {}).unwrap();
+    let r2 = safe_lora(&lora, &from_gguf, &opts, &|_, _| {}).unwrap();
+    // Same similarities (GGUF names and layout against HF ones), same selection.
+    let sorted = |r: &SafeLoraReport| {
+        let mut v: Vec<(f64, bool)> = r
+            .modules
+            .iter()
+            .map(|m| (m.similarity, m.projected))
+            .collect();
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        v
+    };
+    let (s1, s2) = (sorted(&r1), sorted(&r2));
+    assert_eq!(s1.len(), s2.len());
+    for (a, b) in s1.iter().zip(&s2) {
+        assert!((a.0 - b.0).abs() < 1e-4, "{a:?} vs {b:?}"); // F16 factors
+        assert_eq!(a.1, b.1);
+    }
+    assert!(r2.modules.iter().any(|m| m.module == "blk.0.attn_q.weight"));
+    // The same updates, module by module.
+    let x = loraguard::analyze::source::AdapterSource::open(&from_peft, None).unwrap();
+    let y = loraguard::analyze::source::AdapterSource::open(&from_gguf, None).unwrap();
+    for m in x.modules() {
+        let (a, b) = (x.load(&m).unwrap(), y.load(&m).unwrap());
+        let rel = a.difference_norm(&b).unwrap() / a.norm();
+        assert!(rel < 2e-3, "{m}: {rel}"); // F16 rounding of the input factors
+    }
+    // Metadata carried, transform recorded; llama.cpp loads it.
+    let g = loraguard::gguf::GgufFile::open(&from_gguf).unwrap();
+    assert_eq!(g.get_str("general.type"), Some("adapter"));
+    assert_eq!(g.get_f64("adapter.lora.alpha"), Some(16.0));
+    let t = &g.metadata["loraguard.transforms"];
+    assert!(
+        t.to_string().contains("llama_qk_row_permutation_on_lora_b")
+            && t.to_string().contains("safe_lora"),
+        "{t}"
+    );
+    let model = load_model(&tiny_base());
+    let toks = tokens(&tiny().join("reference.safetensors"));
+    let a = llama_logits(&model, &[(&from_gguf, 1.0)], &toks);
+    let b = llama_logits(&model, &[(&from_peft, 1.0)], &toks);
+    assert!(cosine(&a, &b) > 0.9999);
+    // GGUF input needs GGUF weights and a GGUF output.
+    let hf = options(
+        &fixture("tiny/base.safetensors"),
+        &fixture("tiny/aligned"),
+        Selection::TopN(5),
+        Projection::Paper,
+    );
+    let e = safe_lora(&lora, &dir.path().join("x.gguf"), &hf, &|_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("GGUF layout"), "{e}");
+    let e = safe_lora(&lora, &dir.path().join("dir"), &opts, &|_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("written back as a GGUF LoRA"), "{e}");
+}

@@ -13,7 +13,8 @@ use super::output::{Ui, EXIT_OK};
 
 #[derive(Debug, Args)]
 pub struct SafeLoraArgs {
-    /// The fine-tuned PEFT adapter directory to make safer.
+    /// The fine-tuned adapter to make safer: a PEFT directory, or a GGUF LoRA
+    /// (then base and aligned must be GGUF models and the output a .gguf).
     pub adapter: PathBuf,
     /// The unaligned weights the adapter was trained on: a GGUF model (any
     /// type), a safetensors file, or a directory of safetensors shards.

@@ -7,8 +7,14 @@
 //! B′ = C·B, A unchanged. `--top-n N` sets the threshold to the N-th smallest
 //! similarity, as the reference's `number` mode does (ties may project
 //! more). C is never formed (see [`project`]); modules are processed one per
-//! worker, each holding at most its two dense weights.
+//! worker, each holding one dense V in a reusable buffer.
+//!
+//! The adapter is a PEFT directory (HF layout; V from GGUF models is brought
+//! to it through convert's plan) or a GGUF LoRA (GGUF layout; V from GGUF
+//! models as stored). Both give the same result: llama's Q/K row permutation
+//! P is orthogonal, so P·C·Pᵀ·P·B = P·(C·B) and the cosines agree.
 
+pub mod input;
 pub mod output;
 pub mod project;
 pub mod weights;
@@ -26,6 +32,7 @@ use crate::convert::{convert, ConvertOptions, ConvertReport};
 use crate::error::{Error, Result};
 use crate::gguf::GgmlType;
 use crate::peft::{PairKind, PeftAdapter};
+use input::{GgufLora, Input, Module};
 use project::{round5, similarity, Alignment};
 use weights::{GgufPlace, Op, Scratch, Weights};
 
@@ -168,14 +175,6 @@ fn gguf_places(
     Ok((Some(first.path().to_path_buf()), places))
 }
 
-fn to_f64(m: crate::matrix::Matrix) -> Array2<f64> {
-    Array2::from_shape_vec(
-        (m.rows, m.cols),
-        m.data.into_iter().map(f64::from).collect(),
-    )
-    .expect("sizes checked")
-}
-
 /// ‖W − deq(quant_ty(W))‖_F for the row-major weight `data` (rows of `cols`).
 fn quantization_error(data: &[f32], cols: usize, ty: GgmlType) -> Result<f64> {
     let q = loraguard_llama::ggml::quantize(ty.id(), data, cols)?;
@@ -190,16 +189,16 @@ fn quantization_error(data: &[f32], cols: usize, ty: GgmlType) -> Result<f64> {
 
 /// Compute one module: V, the projected B, the similarity.
 fn compute(
-    adapter: &PeftAdapter,
-    pair: &crate::peft::LoraPair,
+    input: &Input,
+    module: &Module,
     base: &Weights,
     aligned: &Weights,
-    place: Option<&GgufPlace>,
     opts: &SafeLoraOptions,
     scratch: &mut Scratch,
 ) -> Result<Computed> {
-    let m = &pair.module;
-    let (d_out, d_in) = (pair.d_out(), pair.d_in());
+    let m = &module.name;
+    let place = module.place.as_ref();
+    let (d_out, d_in) = (module.d_out, module.d_in);
     let missing = |w: &Weights| {
         Error::Usage(format!(
             "module {m} is missing from the {} {}",
@@ -224,19 +223,19 @@ fn compute(
         }
         _ => {
             let got = aligned
-                .apply_into(m, pair.kind, place, scratch, Op::Set)?
+                .apply_into(m, module.kind, place, scratch, Op::Set)?
                 .ok_or_else(|| missing(aligned))?;
             if got != (d_out, d_in) {
                 return Err(shape_err(aligned, got));
             }
             let quantized = base.gguf_type(place).filter(|t| !t.is_float());
             let aligned_float = aligned.gguf_type(place).is_none_or(|t| t.is_float());
-            if let (Some(ty), true, PairKind::Linear) = (quantized, aligned_float, pair.kind) {
+            if let (Some(ty), true, PairKind::Linear) = (quantized, aligned_float, module.kind) {
                 noise = Some(quantization_error(scratch.v(), d_in, ty)?);
             }
             // A base of another shape leaves V untouched and is refused here.
             let got = base
-                .apply_into(m, pair.kind, place, scratch, Op::Subtract)?
+                .apply_into(m, module.kind, place, scratch, Op::Subtract)?
                 .ok_or_else(|| missing(base))?;
             if got != (d_out, d_in) {
                 return Err(shape_err(base, got));
@@ -261,8 +260,14 @@ fn compute(
              alignment direction to project onto"
         )));
     }
-    let b = to_f64(adapter.matrix(&pair.b)?);
-    let a = to_f64(adapter.matrix(&pair.a)?);
+    let (b, a) = input.factors(module)?;
+    if b.iter().chain(a.iter()).any(|x| !x.is_finite()) {
+        return Err(Error::NonFinite {
+            path: input.path(),
+            tensor: module.b_tensor.clone(),
+            count: b.iter().chain(a.iter()).filter(|x| !x.is_finite()).count(),
+        });
+    }
     let p = match opts.projection {
         Projection::Paper => v.paper_projection(&b, norm),
         Projection::Exact(k) => {
@@ -271,7 +276,7 @@ fn compute(
         }
     };
     let (cos, np, nb) = similarity(&p, &b, a.view());
-    let s = pair.scale.scale.abs();
+    let s = module.scale.abs();
     Ok(Computed {
         result: ModuleResult {
             module: m.clone(),
@@ -283,7 +288,7 @@ fn compute(
             quantization_noise: noise.map(|e| e / norm),
         },
         projected_b: p.mapv(|x| x as f32),
-        b_name: pair.b.name.clone(),
+        b_name: module.b_tensor.clone(),
     })
 }
 
@@ -316,6 +321,31 @@ fn grouped(mut problems: Vec<(String, Error)>) -> Error {
     Error::Usage(lines.join("\n"))
 }
 
+/// A GGUF LoRA is in GGUF layout: V must come from GGUF models of the
+/// adapter's architecture.
+fn gguf_input_models(lora: &GgufLora, base: &Weights, aligned: &Weights) -> Result<()> {
+    let arch = lora.file.architecture();
+    for (w, role) in [(base, "--base"), (aligned, "--aligned")] {
+        let Weights::Gguf { file, .. } = w else {
+            return Err(Error::Usage(format!(
+                "{role} {}: a GGUF LoRA is in GGUF layout, so base and aligned must be GGUF \
+                 models too (or project the PEFT adapter, which takes any weights)",
+                w.path().display()
+            )));
+        };
+        if file.architecture() != arch {
+            return Err(Error::Usage(format!(
+                "{role} {} is {:?}, the adapter {} is for {:?}",
+                file.path.display(),
+                file.architecture(),
+                lora.file.path.display(),
+                arch
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The threshold a selection projects at or below.
 fn threshold(selection: Selection, sims: &[f64]) -> Result<f64> {
     match selection {
@@ -329,9 +359,10 @@ fn threshold(selection: Selection, sims: &[f64]) -> Result<f64> {
     }
 }
 
-/// Project `adapter` (a PEFT directory) and write the result to `out`: a
-/// PEFT directory, or a GGUF LoRA when `out` ends in `.gguf` (through
-/// `convert`, against the GGUF model among base and aligned).
+/// Project `adapter` and write the result to `out`. A PEFT adapter becomes
+/// a PEFT directory, or a GGUF LoRA when `out` ends in `.gguf` (through
+/// `convert`, against the GGUF model among base and aligned); a GGUF LoRA
+/// becomes a GGUF LoRA.
 pub fn safe_lora(
     adapter_path: &Path,
     out: &Path,
@@ -339,22 +370,34 @@ pub fn safe_lora(
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<SafeLoraReport> {
     crate::linalg::init();
-    if !crate::peft::looks_like_peft(adapter_path) {
-        return Err(Error::Usage(format!(
-            "{} is not a PEFT adapter directory; safe-lora reads the PEFT adapter (GGUF LoRA input is not supported yet)",
-            adapter_path.display()
-        )));
-    }
     let to_gguf = out
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
     if !to_gguf {
         output::check_output_dir(out)?;
     }
-    let adapter = PeftAdapter::open(adapter_path)?;
-    adapter.check_finite()?;
+    let input = Input::open(adapter_path)?;
     let (base, aligned) = open_models(opts)?;
-    let (gguf_model, places) = gguf_places(&adapter, &base, &aligned)?;
+    let mut all = input.modules()?;
+    let gguf_model = match &input {
+        Input::Peft(adapter) => {
+            let (model, places) = gguf_places(adapter, &base, &aligned)?;
+            for m in &mut all {
+                m.place = places.get(&m.name).cloned();
+            }
+            model
+        }
+        Input::Gguf(lora) => {
+            gguf_input_models(lora, &base, &aligned)?;
+            if !to_gguf {
+                return Err(Error::Usage(format!(
+                    "-o {}: a GGUF LoRA input is written back as a GGUF LoRA; name a .gguf output",
+                    out.display()
+                )));
+            }
+            Some(base.path().to_path_buf())
+        }
+    };
     if to_gguf && gguf_model.is_none() {
         return Err(Error::Usage(format!(
             "-o {}: a GGUF LoRA needs a GGUF model (as --base or --aligned) for its names and \
@@ -362,10 +405,9 @@ pub fn safe_lora(
             out.display()
         )));
     }
-    let pairs: Vec<&crate::peft::LoraPair> = adapter
-        .pairs
+    let pairs: Vec<&Module> = all
         .iter()
-        .filter(|p| opts.modules.as_ref().is_none_or(|r| r.is_match(&p.module)))
+        .filter(|m| opts.modules.as_ref().is_none_or(|r| r.is_match(&m.name)))
         .collect();
     if pairs.is_empty() {
         return Err(Error::Usage(format!(
@@ -379,8 +421,8 @@ pub fn safe_lora(
         }
         let missing: Vec<&str> = pairs
             .iter()
-            .filter(|p| !w.has(&p.module, places.get(&p.module)))
-            .map(|p| p.module.as_str())
+            .filter(|p| !w.has(&p.name, p.place.as_ref()))
+            .map(|p| p.name.as_str())
             .collect();
         if let Some(first) = missing.first() {
             return Err(Error::Usage(format!(
@@ -398,15 +440,7 @@ pub fn safe_lora(
     let computed: Vec<Result<Computed>> = pairs
         .par_iter()
         .map_init(Scratch::default, |scratch, p| {
-            let r = compute(
-                &adapter,
-                p,
-                &base,
-                &aligned,
-                places.get(&p.module),
-                opts,
-                scratch,
-            );
+            let r = compute(&input, p, &base, &aligned, opts, scratch);
             let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             progress(n, pairs.len());
             r
@@ -418,7 +452,7 @@ pub fn safe_lora(
     for (c, p) in computed.into_iter().zip(&pairs) {
         match c {
             Ok(c) => ok.push(c),
-            Err(e) => problems.push((p.module.clone(), e)),
+            Err(e) => problems.push((p.name.clone(), e)),
         }
     }
     if !problems.is_empty() {
@@ -452,25 +486,36 @@ pub fn safe_lora(
         Projection::Paper => "paper".to_string(),
         Projection::Exact(k) => format!("exact-{k}"),
     };
-    let mut meta = BTreeMap::new();
-    meta.insert("loraguard.version".into(), env!("CARGO_PKG_VERSION").into());
-    meta.insert(
-        "loraguard.transform".into(),
-        format!("safe_lora({projection}, similarity <= {tau})"),
-    );
-    meta.insert("loraguard.source.sha256".into(), adapter.sha256());
+    let transform = format!("safe_lora({projection}, similarity <= {tau})");
     let mut convert_report = None;
-    if let Some(model) = gguf_model.filter(|_| to_gguf) {
-        let tmp = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
-        let dir = tmp.path().join("safe-lora");
-        output::write_peft_dir(&adapter, &replaced, &meta, &dir)?;
-        let copts = ConvertOptions {
-            dry_run: false,
-            ..opts.convert.clone()
-        };
-        convert_report = Some(convert(&dir, &model, Some(out), &copts, &|_, _| {})?);
-    } else {
-        output::write_peft_dir(&adapter, &replaced, &meta, out)?;
+    match &input {
+        Input::Gguf(lora) => {
+            for t in output::write_gguf_lora(lora, &replaced, &transform, out)? {
+                warnings.push(format!(
+                    "written as F32 (loraguard does not encode its type): {t}"
+                ));
+            }
+        }
+        Input::Peft(adapter) => {
+            let mut meta = BTreeMap::new();
+            meta.insert("loraguard.version".into(), env!("CARGO_PKG_VERSION").into());
+            meta.insert("loraguard.transform".into(), transform);
+            meta.insert("loraguard.source.sha256".into(), adapter.sha256());
+            match gguf_model.filter(|_| to_gguf) {
+                Some(model) => {
+                    let tmp =
+                        tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+                    let dir = tmp.path().join("safe-lora");
+                    output::write_peft_dir(adapter, &replaced, &meta, &dir)?;
+                    let copts = ConvertOptions {
+                        dry_run: false,
+                        ..opts.convert.clone()
+                    };
+                    convert_report = Some(convert(&dir, &model, Some(out), &copts, &|_, _| {})?);
+                }
+                None => output::write_peft_dir(adapter, &replaced, &meta, out)?,
+            }
+        }
     }
     let projected = ok.iter().filter(|c| c.result.projected).count();
     Ok(SafeLoraReport {

@@ -8,10 +8,16 @@ use std::path::{Path, PathBuf};
 use ndarray::Array2;
 use safetensors::tensor::{Dtype, SafeTensors, View};
 
-use crate::atomic::{write_atomic, TEMP_PREFIX};
+use std::io::Write;
+
+use super::input::GgufLora;
+use super::weights::read_at;
+use crate::atomic::{write_atomic, AtomicFile, TEMP_PREFIX};
 use crate::capped::read_capped;
 use crate::error::{Error, Result};
+use crate::gguf::{GgmlType, GgufFile, GgufWriter, MetaValue, TensorDesc, MAX_GGUF_ARRAY_ELEMENTS};
 use crate::peft::{PeftAdapter, CONFIG_NAME, MAX_CONFIG_BYTES, SAFETENSORS_NAME};
+use crate::quant::{encode_into, fits_f16};
 
 /// A replacement tensor, stored as F32.
 struct F32Tensor {
@@ -172,4 +178,133 @@ pub fn write_peft_dir(
     std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
     guard.0 = None;
     Ok(())
+}
+
+/// The metadata of a GGUF LoRA rewritten: what llama.cpp reads keeps its
+/// type (alpha F32, invocation tokens u32); other keys are carried when they
+/// are strings, booleans, numbers or string arrays read whole; `transform`
+/// is appended to `loraguard.transforms`.
+fn lora_metadata(src: &GgufFile, transform: &str) -> Result<Vec<(String, MetaValue)>> {
+    use serde_json::Value;
+    let mut out = Vec::new();
+    let mut transforms = Vec::new();
+    for (k, v) in &src.metadata {
+        if k == "general.alignment" {
+            continue; // the writer uses its own alignment
+        }
+        if k == "loraguard.transforms" {
+            if let Value::Array(a) = v {
+                transforms.extend(a.iter().filter_map(|x| x.as_str().map(String::from)));
+            }
+            continue;
+        }
+        let capped = |a: &Vec<Value>| a.len() as u64 >= MAX_GGUF_ARRAY_ELEMENTS;
+        let mv = match (k.as_str(), v) {
+            ("adapter.lora.alpha", v) => MetaValue::F32(v.as_f64().unwrap_or(0.0) as f32),
+            ("adapter.alora.invocation_tokens", Value::Array(a)) => {
+                if capped(a) {
+                    return Err(Error::Unsupported {
+                        path: src.path.clone(),
+                        feature: format!("{k} with {MAX_GGUF_ARRAY_ELEMENTS} or more tokens"),
+                        hint: None,
+                    });
+                }
+                MetaValue::ArrU32(
+                    a.iter()
+                        .filter_map(|x| x.as_u64())
+                        .map(|x| x as u32)
+                        .collect(),
+                )
+            }
+            (_, Value::String(s)) => MetaValue::Str(s.clone()),
+            (_, Value::Bool(b)) => MetaValue::Bool(*b),
+            (_, Value::Number(n)) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
+                (Some(u), _, _) if u <= u64::from(u32::MAX) => MetaValue::U32(u as u32),
+                (Some(u), _, _) => MetaValue::U64(u),
+                (_, Some(i), _) if i >= i64::from(i32::MIN) => MetaValue::I32(i as i32),
+                (_, _, Some(f)) => MetaValue::F32(f as f32),
+                _ => continue,
+            },
+            (_, Value::Array(a)) if !capped(a) && a.iter().all(|x| x.is_string()) => {
+                MetaValue::ArrStr(
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect(),
+                )
+            }
+            _ => continue,
+        };
+        out.push((k.clone(), mv));
+    }
+    transforms.push(transform.to_string());
+    out.push(("loraguard.transforms".into(), MetaValue::ArrStr(transforms)));
+    Ok(out)
+}
+
+/// Write the GGUF LoRA `src` to `out` (atomically) with the `lora_b`
+/// tensors named in `replaced` swapped for the given matrices (one row per `ne[1]`),
+/// encoded in their original type when loraguard encodes it (F32, F16, BF16,
+/// Q8_0), else in F32. Returns the tensors written in another type.
+pub fn write_gguf_lora(
+    src: &GgufLora,
+    replaced: &HashMap<String, Array2<f32>>,
+    transform: &str,
+    out: &Path,
+) -> Result<Vec<String>> {
+    let meta = lora_metadata(&src.file, transform)?;
+    let mut descs = Vec::new();
+    let mut payloads: Vec<Option<Vec<u8>>> = Vec::new();
+    let mut changed = Vec::new();
+    for t in &src.file.tensors {
+        match replaced.get(&t.name) {
+            None => {
+                descs.push(TensorDesc {
+                    name: t.name.clone(),
+                    ty: t.ty,
+                    ne: t.ne.clone(),
+                });
+                payloads.push(None);
+            }
+            Some(m) => {
+                let data = m.as_standard_layout();
+                let data = data.as_slice().expect("standard layout");
+                let mut bytes = Vec::new();
+                let keep = matches!(
+                    t.ty,
+                    GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0
+                ) && (t.ty != GgmlType::F16 || fits_f16(data))
+                    && encode_into(t.ty, data, &mut bytes);
+                let ty = if keep {
+                    t.ty
+                } else {
+                    bytes.clear();
+                    encode_into(GgmlType::F32, data, &mut bytes);
+                    changed.push(format!("{}: {} -> F32", t.name, t.ty));
+                    GgmlType::F32
+                };
+                descs.push(TensorDesc {
+                    name: t.name.clone(),
+                    ty,
+                    ne: t.ne.clone(),
+                });
+                payloads.push(Some(bytes));
+            }
+        }
+    }
+    let io = |e: std::io::Error| Error::io(out, e);
+    let mut file = AtomicFile::create(out)?;
+    {
+        let mut w = GgufWriter::start(file.writer(), &meta, descs).map_err(io)?;
+        for (t, p) in src.file.tensors.iter().zip(payloads) {
+            let bytes = match p {
+                Some(b) => b,
+                None => read_at(&src.reader, &src.file.path, t.offset, t.size)?,
+            };
+            w.write_tensor(&bytes).map_err(io)?;
+        }
+        let mut inner = w.finish().map_err(io)?;
+        inner.flush().map_err(io)?;
+    }
+    file.commit()?;
+    Ok(changed)
 }

@@ -68,7 +68,7 @@ pub enum Weights {
 }
 
 /// `len` bytes of `file` at `offset`.
-fn read_at(file: &File, path: &Path, offset: u64, len: u64) -> Result<Vec<u8>> {
+pub(super) fn read_at(file: &File, path: &Path, offset: u64, len: u64) -> Result<Vec<u8>> {
     let len = usize::try_from(len).map_err(|_| Error::malformed(path, "tensor", "too large"))?;
     let mut buf = vec![0u8; len];
     read_exact_at(file, path, offset, &mut buf)?;
