@@ -87,6 +87,67 @@ pub fn write_atomic(target: &Path, bytes: &[u8]) -> Result<()> {
     f.commit()
 }
 
+/// Removes a half-written directory unless disarmed.
+struct DirGuard(Option<PathBuf>);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
+/// Refuse an output directory that exists and holds anything.
+pub fn check_output_dir(out: &Path) -> Result<()> {
+    if out.is_file() {
+        return Err(Error::Usage(format!(
+            "{} is a file; this output is a directory (or name a .gguf file)",
+            out.display()
+        )));
+    }
+    if out.is_dir() {
+        let empty = std::fs::read_dir(out)
+            .map_err(|e| Error::io(out, e))?
+            .next()
+            .is_none();
+        if !empty {
+            return Err(Error::Usage(format!(
+                "output directory {} exists and is not empty",
+                out.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Write a directory of `files` (name, bytes) atomically: into a fresh
+/// sibling directory, renamed into place at the end. `out` must not exist or
+/// be empty. The directory gets the usual mode (0777 less the umask).
+pub fn write_dir_atomic(out: &Path, files: &[(&str, &[u8])]) -> Result<()> {
+    check_output_dir(out)?;
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = parent.join(format!("{TEMP_PREFIX}{}-{nanos}.tmp", std::process::id()));
+    std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let mut guard = DirGuard(Some(tmp.clone()));
+    for (name, bytes) in files {
+        write_atomic(&tmp.join(name), bytes)?;
+    }
+    if out.is_dir() {
+        // Empty (checked above): rename cannot replace it on every platform.
+        std::fs::remove_dir(out).map_err(|e| Error::io(out, e))?;
+    }
+    std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
+    guard.0 = None;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +184,22 @@ mod tests {
         std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o640)).unwrap();
         write_atomic(&new, b"y").unwrap();
         assert_eq!(mode(&new), 0o640);
+    }
+
+    #[test]
+    fn directories_appear_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("adapter");
+        write_dir_atomic(&out, &[("a", b"1"), ("b", b"2")]).unwrap();
+        assert_eq!(std::fs::read(out.join("b")).unwrap(), b"2");
+        // Not over a non-empty directory, and nothing left behind.
+        assert!(write_dir_atomic(&out, &[("c", b"3")]).is_err());
+        assert!(!out.join("c").exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // A failing write leaves no directory.
+        let bad = dir.path().join("bad");
+        assert!(write_dir_atomic(&bad, &[("sub/x", b"1")]).is_err());
+        assert!(!bad.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

@@ -21,6 +21,7 @@ mod capped;
 pub mod check;
 pub mod convert;
 pub mod error;
+pub mod fuse;
 pub mod gguf;
 pub mod hash;
 pub mod inspect;
@@ -30,6 +31,7 @@ mod mmap;
 pub mod peft;
 pub mod quant;
 pub mod safelora;
+pub mod spec;
 
 pub use error::{Error, Result};
 /// The llama.cpp wrapper crate, re-exported for tests and embedders.

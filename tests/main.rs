@@ -7,6 +7,7 @@ mod check;
 mod cli;
 mod common;
 mod convert_e2e;
+mod fuse;
 mod ggml_parity;
 mod refactor;
 mod refusals;

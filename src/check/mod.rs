@@ -34,23 +34,14 @@ pub struct AdapterSpec {
 impl AdapterSpec {
     /// Parse `PATH[:SCALE]`. A suffix that is not a number belongs to the path.
     pub fn parse(spec: &str) -> Result<AdapterSpec> {
-        if let Some((p, s)) = spec.rsplit_once(':') {
-            if let Ok(scale) = s.parse::<f32>() {
-                if !scale.is_finite() {
-                    return Err(Error::Usage(format!(
-                        "--lora {spec}: the scale must be finite"
-                    )));
-                }
-                return Ok(AdapterSpec {
-                    path: p.into(),
-                    scale,
-                });
-            }
+        let (path, scale) = crate::spec::path_and_number(spec);
+        let scale = scale.unwrap_or(1.0) as f32;
+        if !scale.is_finite() {
+            return Err(Error::Usage(format!(
+                "--lora {spec}: the scale must be finite"
+            )));
         }
-        Ok(AdapterSpec {
-            path: spec.into(),
-            scale: 1.0,
-        })
+        Ok(AdapterSpec { path, scale })
     }
 }
 

@@ -5,6 +5,7 @@ mod analyze;
 mod check;
 mod convert;
 mod diff;
+mod fuse;
 mod inspect;
 mod output;
 mod safe_lora;
@@ -38,6 +39,9 @@ pub enum Command {
     /// Safe LoRA: project an adapter's updates onto the alignment subspace
     /// V = W_aligned − W_base, module by module (Hsu et al., 2024).
     SafeLora(safe_lora::SafeLoraArgs),
+    /// Fuse adapters (e.g. a task and a safety adapter) into one: exact cat,
+    /// svd to a rank, or PEFT's linear.
+    Fuse(fuse::FuseArgs),
     /// Run prompts through llama.cpp (with adapters) and measure refusals.
     Check(check::CheckArgs),
     /// Compare two `check --json` reports: refusal flips and rate deltas.
@@ -64,6 +68,7 @@ pub fn run() -> i32 {
         Command::Inspect(args) => inspect::run(args),
         Command::Analyze(args) => analyze::run(args, &ui),
         Command::SafeLora(args) => safe_lora::run(args, &ui),
+        Command::Fuse(args) => fuse::run(args, &ui),
         Command::Check(args) => check::run(args, &ui, cli.threads),
         Command::Diff(args) => diff::run(args, &ui),
     };

@@ -3,6 +3,7 @@
 
 mod adapter;
 mod config;
+pub mod write;
 
 pub use adapter::{
     looks_like_peft, LoraPair, PairKind, PeftAdapter, TensorSpan, UnsupportedTensor, CONFIG_NAME,

@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ndarray::Array2;
 use safetensors::tensor::{Dtype, SafeTensors, View};
@@ -12,33 +12,13 @@ use std::io::Write;
 
 use super::input::GgufLora;
 use super::weights::read_at;
-use crate::atomic::{write_atomic, AtomicFile, TEMP_PREFIX};
+use crate::atomic::{write_dir_atomic, AtomicFile};
 use crate::capped::read_capped;
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufFile, GgufWriter, MetaValue, TensorDesc, MAX_GGUF_ARRAY_ELEMENTS};
+use crate::peft::write::F32Tensor;
 use crate::peft::{PeftAdapter, CONFIG_NAME, MAX_CONFIG_BYTES, SAFETENSORS_NAME};
 use crate::quant::{encode_into, fits_f16};
-
-/// A replacement tensor, stored as F32.
-struct F32Tensor {
-    shape: Vec<usize>,
-    bytes: Vec<u8>,
-}
-
-impl View for &F32Tensor {
-    fn dtype(&self) -> Dtype {
-        Dtype::F32
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.bytes)
-    }
-    fn data_len(&self) -> usize {
-        self.bytes.len()
-    }
-}
 
 /// An original tensor or a replacement.
 enum Out<'a> {
@@ -73,39 +53,7 @@ impl View for &Out<'_> {
     }
 }
 
-/// Refuse an output directory that exists and holds anything, before work starts.
-pub fn check_output_dir(out: &Path) -> Result<()> {
-    if out.is_file() {
-        return Err(Error::Usage(format!(
-            "{} is a file; a PEFT output is a directory (or name a .gguf file)",
-            out.display()
-        )));
-    }
-    if out.is_dir() {
-        let empty = std::fs::read_dir(out)
-            .map_err(|e| Error::io(out, e))?
-            .next()
-            .is_none();
-        if !empty {
-            return Err(Error::Usage(format!(
-                "output directory {} exists and is not empty",
-                out.display()
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Removes a half-written directory unless disarmed.
-struct DirGuard(Option<PathBuf>);
-
-impl Drop for DirGuard {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_dir_all(p);
-        }
-    }
-}
+pub use crate::atomic::check_output_dir;
 
 /// Write `adapter` to the directory `out` with the tensors named in
 /// `replaced` swapped for F32 copies of the given matrices; the config and
@@ -125,16 +73,7 @@ pub fn write_peft_dir(
         .map_err(|e| Error::malformed(&adapter.weights_path, "safetensors", e.to_string()))?;
     let owned: HashMap<&String, F32Tensor> = replaced
         .iter()
-        .map(|(name, m)| {
-            let bytes = m.iter().flat_map(|x| x.to_le_bytes()).collect();
-            (
-                name,
-                F32Tensor {
-                    shape: vec![m.nrows(), m.ncols()],
-                    bytes,
-                },
-            )
-        })
+        .map(|(name, m)| (name, F32Tensor::from_array(m)))
         .collect();
     let mut tensors: Vec<(String, Out)> = Vec::new();
     for (name, view) in st.tensors() {
@@ -157,27 +96,7 @@ pub fn write_peft_dir(
         MAX_CONFIG_BYTES,
         "adapter_config.json",
     )?;
-
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let tmp = parent.join(format!("{TEMP_PREFIX}{}-{nanos}.tmp", std::process::id()));
-    // create_dir gives the usual mode (0777 less the umask), unlike a temp dir.
-    std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let mut guard = DirGuard(Some(tmp.clone()));
-    write_atomic(&tmp.join(CONFIG_NAME), &config)?;
-    write_atomic(&tmp.join(SAFETENSORS_NAME), &bytes)?;
-    if out.is_dir() {
-        // Empty (checked above): rename cannot replace it on every platform.
-        std::fs::remove_dir(out).map_err(|e| Error::io(out, e))?;
-    }
-    std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
-    guard.0 = None;
-    Ok(())
+    write_dir_atomic(out, &[(CONFIG_NAME, &config), (SAFETENSORS_NAME, &bytes)])
 }
 
 /// The metadata of a GGUF LoRA rewritten: what llama.cpp reads keeps its

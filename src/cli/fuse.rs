@@ -1,0 +1,98 @@
+//! `loraguard fuse`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use loraguard::atomic::write_atomic;
+use loraguard::convert::{ConvertOptions, OutType};
+use loraguard::fuse::{fuse, FuseInput, FuseOptions, Method};
+use loraguard::linalg::truncate::Truncation;
+
+use super::convert::{parse_energy, parse_outtype};
+use super::output::{Ui, EXIT_OK};
+
+#[derive(Debug, Args)]
+pub struct FuseArgs {
+    /// Adapters as PATH[:WEIGHT] (PEFT directories for the same base; weight 1 if omitted).
+    #[arg(required = true, num_args = 2.., value_name = "ADAPTER[:W]")]
+    pub adapters: Vec<String>,
+    /// cat (exact weighted sum, ranks add up), svd (the sum truncated to
+    /// --rank), linear (PEFT's per-factor sum; equal ranks; has cross terms).
+    #[arg(long, value_parser = parse_method, value_name = "METHOD")]
+    pub method: Method,
+    /// svd: the rank kept (default: the largest input rank).
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
+    pub rank: Option<u32>,
+    /// The base model GGUF, needed for a .gguf output.
+    #[arg(long, value_name = "BASE.gguf")]
+    pub base: Option<PathBuf>,
+    /// Output: a PEFT directory, or a GGUF LoRA (a name ending in .gguf).
+    #[arg(short, long, value_name = "OUT")]
+    pub output: PathBuf,
+    /// Tensor type of a GGUF output (as in convert).
+    #[arg(long, default_value = "auto", value_parser = parse_outtype)]
+    pub outtype: OutType,
+    /// GGUF output: re-factor to at most this rank (as in convert).
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_rank: Option<u32>,
+    /// GGUF output: re-factor keeping this fraction of energy (as in convert).
+    #[arg(long, value_name = "E", value_parser = parse_energy)]
+    pub energy: Option<f64>,
+    /// Write the per-module report as JSON here.
+    #[arg(long, value_name = "REPORT.json")]
+    pub report: Option<PathBuf>,
+}
+
+fn parse_method(s: &str) -> Result<Method, String> {
+    Method::parse(s).ok_or_else(|| {
+        format!("unknown method {s:?}; expected cat, svd or linear (ties, dare and magnitude_prune are not implemented yet)")
+    })
+}
+
+pub fn run(args: FuseArgs, ui: &Ui) -> anyhow::Result<i32> {
+    let inputs = args
+        .adapters
+        .iter()
+        .map(|s| FuseInput::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let truncation = (args.max_rank.is_some() || args.energy.is_some()).then_some(Truncation {
+        max_rank: args.max_rank.map(|k| k as usize),
+        energy: args.energy,
+    });
+    let opts = FuseOptions {
+        method: args.method,
+        rank: args.rank.map(|k| k as usize),
+        base: args.base,
+        convert: ConvertOptions {
+            truncation,
+            ..ConvertOptions::new(args.outtype)
+        },
+    };
+    let bar = ui.bar("fuse");
+    let progress = |done: usize, total: usize| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    };
+    let report = fuse(&inputs, &args.output, &opts, &progress);
+    bar.finish_and_clear();
+    let report = report?;
+    if let Some(p) = &args.report {
+        let mut s = serde_json::to_string_pretty(&report)?;
+        s.push('\n');
+        write_atomic(p, s.as_bytes())?;
+    }
+    let worst = report
+        .modules
+        .iter()
+        .map(|m| m.relative_error)
+        .fold(0.0f64, f64::max);
+    let rank: usize = report.modules.iter().map(|m| m.rank).sum();
+    ui.say(&format!(
+        "fused {} adapters ({}) over {} modules, total rank {rank}; largest relative error against the exact weighted sum {worst:.2e}; wrote {}",
+        inputs.len(),
+        report.method,
+        report.modules.len(),
+        report.output.display()
+    ));
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,365 @@
+//! `loraguard fuse`: several LoRA adapters into one, from the files.
+//!
+//! - `cat`: the exact weighted sum Σ wᵢ·sᵢ·Bᵢ·Aᵢ as one adapter of rank
+//!   Σ rᵢ (PEFT's `cat`: A′ = [w₁s₁A₁; w₂s₂A₂], B′ = [B₁ | B₂], scaling 1),
+//!   the seed paper's fusion;
+//! - `svd`: that exact sum truncated to rank K through the low-rank SVD
+//!   (thin QRs and an r×r core; ΔW is never formed), with the truncation
+//!   error per module, and without PEFT's double scaling;
+//! - `linear`: PEFT's per-factor combination, A′ = Σ sign(wᵢsᵢ)·√|wᵢsᵢ|·Aᵢ and
+//!   B′ = Σ √|wᵢsᵢ|·Bᵢ (equal ranks). Its product has cross terms Bᵢ·Aⱼ, so it
+//!   is not the weighted sum; the report gives that error per module.
+//!
+//! A module present in only some adapters counts as a zero update in the
+//! others. Inputs are PEFT adapters for the same base.
+
+mod methods;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ndarray::Array2;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::convert::{convert, ConvertOptions, ConvertReport};
+use crate::error::{Error, Result};
+use crate::peft::write::F32Tensor;
+use crate::peft::{PeftAdapter, CONFIG_NAME, SAFETENSORS_NAME};
+pub use methods::{fuse_module, Fused, Term};
+
+/// How adapters are combined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Cat,
+    Linear,
+    Svd,
+}
+
+impl Method {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "cat" => Method::Cat,
+            "linear" => Method::Linear,
+            "svd" => Method::Svd,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Cat => "cat",
+            Method::Linear => "linear",
+            Method::Svd => "svd",
+        }
+    }
+}
+
+/// One input adapter and its weight.
+#[derive(Debug, Clone)]
+pub struct FuseInput {
+    pub path: PathBuf,
+    pub weight: f64,
+}
+
+impl FuseInput {
+    /// Parse `PATH[:WEIGHT]` (weight 1 when absent).
+    pub fn parse(spec: &str) -> Result<Self> {
+        let (path, w) = crate::spec::path_and_number(spec);
+        let weight = w.unwrap_or(1.0);
+        if !weight.is_finite() {
+            return Err(Error::Usage(format!("{spec}: the weight must be finite")));
+        }
+        Ok(FuseInput { path, weight })
+    }
+}
+
+/// Options for [`fuse`].
+#[derive(Debug, Clone)]
+pub struct FuseOptions {
+    pub method: Method,
+    /// `svd`: the rank kept (default: the largest input rank).
+    pub rank: Option<usize>,
+    /// For a `.gguf` output: the base model GGUF and the conversion options.
+    pub base: Option<PathBuf>,
+    pub convert: ConvertOptions,
+}
+
+/// One fused module.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModuleFuse {
+    pub module: String,
+    /// Inputs that have this module.
+    pub sources: usize,
+    pub rank: usize,
+    /// ‖Σ wᵢ·ΔWᵢ‖_F, the exact weighted sum.
+    pub exact_norm: f64,
+    /// ‖ΔW_fused − Σ wᵢ·ΔWᵢ‖_F / ‖Σ wᵢ·ΔWᵢ‖_F (0 for cat; the truncation for
+    /// svd; the cross terms for linear).
+    pub relative_error: f64,
+}
+
+/// What [`fuse`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct FuseReport {
+    pub method: String,
+    pub inputs: Vec<(PathBuf, f64)>,
+    pub modules: Vec<ModuleFuse>,
+    pub output: PathBuf,
+    #[serde(skip)]
+    pub convert: Option<ConvertReport>,
+}
+
+/// A module as the inputs hold it.
+struct Source<'a> {
+    a_name: String,
+    b_name: String,
+    terms: Vec<(&'a PeftAdapter, &'a crate::peft::LoraPair, f64)>,
+}
+
+fn f64s(m: crate::matrix::Matrix) -> Array2<f64> {
+    Array2::from_shape_vec(
+        (m.rows, m.cols),
+        m.data.into_iter().map(f64::from).collect(),
+    )
+    .expect("sizes checked")
+}
+
+/// The PEFT config of the fused adapter: scaling 1 everywhere (alpha = rank
+/// per module), the commonest rank as `r`, the others in the patterns.
+fn config(first: &PeftAdapter, ranks: &BTreeMap<String, usize>, method: Method) -> Vec<u8> {
+    let mut count: BTreeMap<usize, usize> = BTreeMap::new();
+    for r in ranks.values() {
+        *count.entry(*r).or_default() += 1;
+    }
+    let r0 = count
+        .iter()
+        .max_by_key(|(r, n)| (**n, std::cmp::Reverse(**r)))
+        .map_or(1, |(r, _)| *r);
+    let others: serde_json::Map<String, serde_json::Value> = ranks
+        .iter()
+        .filter(|(_, r)| **r != r0)
+        .map(|(m, r)| (m.clone(), serde_json::json!(r)))
+        .collect();
+    let mut targets: Vec<String> = ranks
+        .keys()
+        .map(|m| m.rsplit('.').next().unwrap_or(m).to_string())
+        .collect();
+    targets.sort();
+    targets.dedup();
+    let cfg = serde_json::json!({
+        "peft_type": "LORA",
+        "r": r0,
+        "lora_alpha": r0,
+        "rank_pattern": others,
+        "alpha_pattern": others,
+        "use_rslora": false,
+        "use_dora": false,
+        "fan_in_fan_out": false,
+        "bias": "none",
+        "lora_dropout": 0.0,
+        "modules_to_save": null,
+        "target_modules": targets,
+        "base_model_name_or_path": first.config.base_model_name_or_path,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "loraguard_fuse": method.name(),
+    });
+    let mut s = serde_json::to_string_pretty(&cfg).expect("JSON values serialize");
+    s.push('\n');
+    s.into_bytes()
+}
+
+/// Fuse `inputs` and write the result to `out`: a PEFT directory, or a GGUF
+/// LoRA when `out` ends in `.gguf` (through `convert`, against `opts.base`).
+pub fn fuse(
+    inputs: &[FuseInput],
+    out: &Path,
+    opts: &FuseOptions,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<FuseReport> {
+    crate::linalg::init();
+    if inputs.len() < 2 {
+        return Err(Error::Usage("fuse takes at least two adapters".into()));
+    }
+    if inputs.iter().any(|i| !i.weight.is_finite()) {
+        return Err(Error::Usage(
+            "adapter weights must be finite numbers".into(),
+        ));
+    }
+    let to_gguf = out
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    let gguf_base = match (to_gguf, &opts.base) {
+        (true, None) => {
+            return Err(Error::Usage(format!(
+                "-o {}: a GGUF output needs --base BASE.gguf for its names and layout",
+                out.display()
+            )))
+        }
+        (true, Some(b)) => Some(b.clone()),
+        (false, _) => {
+            crate::atomic::check_output_dir(out)?;
+            None
+        }
+    };
+    let adapters: Vec<PeftAdapter> = inputs
+        .iter()
+        .map(|i| {
+            if !crate::peft::looks_like_peft(&i.path) {
+                return Err(Error::Usage(format!(
+                    "{}: fuse reads PEFT adapter directories (GGUF LoRA inputs are not supported yet)",
+                    i.path.display()
+                )));
+            }
+            let a = PeftAdapter::open(&i.path)?;
+            a.check_finite()?;
+            if !a.unsupported.is_empty() {
+                return Err(Error::Unsupported {
+                    path: a.dir.clone(),
+                    feature: format!(
+                        "tensors outside LoRA pairs ({}) cannot be fused",
+                        a.unsupported[0].name
+                    ),
+                    hint: None,
+                });
+            }
+            Ok(a)
+        })
+        .collect::<Result<_>>()?;
+    // Modules across inputs, with consistent shapes.
+    let mut modules: BTreeMap<String, Source> = BTreeMap::new();
+    for (a, inp) in adapters.iter().zip(inputs) {
+        for p in &a.pairs {
+            let s = modules.entry(p.module.clone()).or_insert_with(|| Source {
+                a_name: p.a.name.clone(),
+                b_name: p.b.name.clone(),
+                terms: Vec::new(),
+            });
+            if let Some((_, q, _)) = s.terms.first() {
+                if q.kind != p.kind || q.d_in() != p.d_in() || q.d_out() != p.d_out() {
+                    return Err(Error::Shape {
+                        path: a.dir.clone(),
+                        tensor: p.module.clone(),
+                        reason: format!(
+                            "is {}×{} here and {}×{} in another input: not the same base",
+                            p.d_out(),
+                            p.d_in(),
+                            q.d_out(),
+                            q.d_in()
+                        ),
+                    });
+                }
+            }
+            s.terms.push((a, p, inp.weight));
+        }
+    }
+    let max_rank = adapters
+        .iter()
+        .flat_map(|a| a.pairs.iter().map(|p| p.rank()))
+        .max()
+        .unwrap_or(1);
+    let k = opts.rank.unwrap_or(max_rank);
+    if k == 0 {
+        return Err(Error::Usage("--rank must be at least 1".into()));
+    }
+    if opts.method == Method::Linear {
+        for (m, s) in &modules {
+            let ranks: Vec<usize> = s.terms.iter().map(|(_, p, _)| p.rank()).collect();
+            if ranks.iter().any(|r| *r != ranks[0]) {
+                return Err(Error::Usage(format!(
+                    "linear needs equal ranks, and {m} has ranks {ranks:?} (use cat or svd)"
+                )));
+            }
+        }
+    }
+    let names: Vec<&String> = modules.keys().collect();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    progress(0, names.len());
+    let fused: Vec<(Fused, usize)> = names
+        .par_iter()
+        .map(|m| {
+            let s = &modules[*m];
+            let terms = s
+                .terms
+                .iter()
+                .map(|(a, p, w)| {
+                    Ok(Term {
+                        b: f64s(a.matrix(&p.b)?),
+                        a: f64s(a.matrix(&p.a)?),
+                        scale: p.scale.scale,
+                        weight: *w,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let f = fuse_module(&terms, opts.method, k)?;
+            progress(
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+                names.len(),
+            );
+            Ok((f, s.terms.len()))
+        })
+        .collect::<Result<_>>()?;
+
+    let mut tensors: Vec<(String, F32Tensor)> = Vec::new();
+    let mut ranks = BTreeMap::new();
+    let mut report = Vec::new();
+    for (m, (f, sources)) in names.iter().zip(&fused) {
+        let s = &modules[*m];
+        let to32 = |x: &Array2<f64>| x.mapv(|v| v as f32);
+        tensors.push((s.a_name.clone(), F32Tensor::from_array(&to32(&f.a))));
+        tensors.push((s.b_name.clone(), F32Tensor::from_array(&to32(&f.b))));
+        ranks.insert((*m).clone(), f.a.nrows());
+        report.push(ModuleFuse {
+            module: (*m).clone(),
+            sources: *sources,
+            rank: f.a.nrows(),
+            exact_norm: f.exact_norm,
+            relative_error: f.relative_error,
+        });
+    }
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    meta.insert(
+        "loraguard.version".to_string(),
+        env!("CARGO_PKG_VERSION").to_string(),
+    );
+    meta.insert(
+        "loraguard.fuse".to_string(),
+        format!(
+            "{}({})",
+            opts.method.name(),
+            inputs
+                .iter()
+                .map(|i| format!("{}:{}", i.path.display(), i.weight))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), &Some(meta))
+        .map_err(|e| Error::Internal(format!("serializing safetensors: {e}")))?;
+    let cfg = config(&adapters[0], &ranks, opts.method);
+    let files: [(&str, &[u8]); 2] = [(CONFIG_NAME, &cfg), (SAFETENSORS_NAME, &bytes)];
+    let mut convert_report = None;
+    match gguf_base {
+        Some(base) => {
+            let tmp = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+            let dir = tmp.path().join("fused");
+            crate::atomic::write_dir_atomic(&dir, &files)?;
+            let copts = ConvertOptions {
+                dry_run: false,
+                ..opts.convert.clone()
+            };
+            convert_report = Some(convert(&dir, &base, Some(out), &copts, &|_, _| {})?);
+        }
+        None => crate::atomic::write_dir_atomic(out, &files)?,
+    }
+    Ok(FuseReport {
+        method: opts.method.name().into(),
+        inputs: inputs.iter().map(|i| (i.path.clone(), i.weight)).collect(),
+        modules: report,
+        output: out.to_path_buf(),
+        convert: convert_report,
+    })
+}

@@ -1,0 +1,231 @@
+//! `fuse` against dense mathematics and through llama.cpp.
+
+use std::path::{Path, PathBuf};
+
+use loraguard::convert::{ConvertOptions, OutType};
+use loraguard::fuse::{fuse, FuseInput, FuseOptions, FuseReport, Method};
+use loraguard::peft::PeftAdapter;
+use ndarray::Array2;
+
+use crate::common::*;
+
+fn input(name: &str, weight: f64) -> FuseInput {
+    FuseInput {
+        path: tiny_adapter(name),
+        weight,
+    }
+}
+
+fn run(inputs: &[FuseInput], out: &Path, method: Method, rank: Option<usize>) -> FuseReport {
+    let opts = FuseOptions {
+        method,
+        rank,
+        base: Some(tiny_base()),
+        convert: ConvertOptions::new(OutType::F32),
+    };
+    fuse(inputs, out, &opts, &|_, _| {}).unwrap()
+}
+
+/// Each module's s·B·A, dense, by module name.
+fn updates(dir: &Path) -> Vec<(String, Array2<f64>)> {
+    let a = PeftAdapter::open(dir).unwrap();
+    a.pairs
+        .iter()
+        .map(|p| {
+            let (ma, mb) = (a.matrix(&p.a).unwrap(), a.matrix(&p.b).unwrap());
+            let f = |m: loraguard::matrix::Matrix| {
+                Array2::from_shape_vec(
+                    (m.rows, m.cols),
+                    m.data.iter().map(|x| f64::from(*x)).collect(),
+                )
+                .unwrap()
+            };
+            (p.module.clone(), f(mb).dot(&f(ma)) * p.scale.scale)
+        })
+        .collect()
+}
+
+fn weighted_sum(inputs: &[FuseInput]) -> std::collections::BTreeMap<String, Array2<f64>> {
+    let mut sum = std::collections::BTreeMap::new();
+    for i in inputs {
+        for (m, d) in updates(&i.path) {
+            let e = sum.entry(m).or_insert_with(|| Array2::zeros(d.dim()));
+            *e = &*e + &(d * i.weight);
+        }
+    }
+    sum
+}
+
+fn rel(x: &Array2<f64>, y: &Array2<f64>) -> f64 {
+    (x - y).mapv(|v| v * v).sum().sqrt() / y.mapv(|v| v * v).sum().sqrt().max(1e-300)
+}
+
+#[test]
+fn cat_is_the_exact_weighted_sum_and_svd_its_best_rank_k_approximation() {
+    let dir = tempfile::tempdir().unwrap();
+    // Different ranks (8, and 8/4/2 by rank_pattern) and module sets.
+    let inputs = [
+        input("plain", 0.6),
+        input("rslora-patterns", -0.4),
+        input("gqa-k-only", 1.5),
+    ];
+    let want = weighted_sum(&inputs);
+    let out = dir.path().join("cat");
+    let r = run(&inputs, &out, Method::Cat, None);
+    let got: std::collections::BTreeMap<_, _> = updates(&out).into_iter().collect();
+    assert_eq!(got.len(), want.len());
+    for (m, w) in &want {
+        let e = rel(&got[m], w);
+        assert!(e < 1e-6, "{m}: {e}");
+    }
+    let k_proj = r
+        .modules
+        .iter()
+        .find(|m| m.module == "model.layers.0.self_attn.k_proj")
+        .unwrap();
+    assert_eq!((k_proj.sources, k_proj.rank), (3, 8 + 8 + 4));
+    assert!(r.modules.iter().all(|m| m.relative_error == 0.0));
+    // svd to rank 4: the reported error is the dense truncation error.
+    let out = dir.path().join("svd");
+    let r = run(&inputs, &out, Method::Svd, Some(4));
+    let got: std::collections::BTreeMap<_, _> = updates(&out).into_iter().collect();
+    for m in &r.modules {
+        let w = &want[&m.module];
+        assert_eq!(m.rank, 4);
+        let dense = rel(&got[&m.module], w);
+        assert!(
+            (dense - m.relative_error).abs() < 1e-5,
+            "{}: {dense} vs {}",
+            m.module,
+            m.relative_error
+        );
+        let s = loraguard::linalg::lowrank::small_svd(w).unwrap().s;
+        let best = (s.iter().skip(4).map(|x| x * x).sum::<f64>()
+            / s.iter().map(|x| x * x).sum::<f64>())
+        .sqrt();
+        assert!(
+            (dense - best).abs() < 1e-5,
+            "{}: {dense} vs Eckart–Young {best}",
+            m.module
+        );
+    }
+}
+
+#[test]
+fn linear_reports_its_cross_terms_and_needs_equal_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    // The same adapter twice at 0.5: the weighted sum is the adapter, but
+    // PEFT's per-factor sum gives (√.5+√.5)² = 2 times it.
+    let inputs = [input("plain", 0.5), input("plain", 0.5)];
+    let out = dir.path().join("lin");
+    let r = run(&inputs, &out, Method::Linear, None);
+    let want = weighted_sum(&inputs);
+    for (m, got) in updates(&out) {
+        let e = rel(&got, &want[&m]);
+        assert!((e - 1.0).abs() < 1e-6, "{m}: {e}");
+    }
+    assert!(r
+        .modules
+        .iter()
+        .all(|m| (m.relative_error - 1.0).abs() < 1e-6));
+    let opts = FuseOptions {
+        method: Method::Linear,
+        rank: None,
+        base: None,
+        convert: ConvertOptions::new(OutType::F32),
+    };
+    let e = fuse(
+        &[input("plain", 1.0), input("rslora-patterns", 1.0)],
+        &dir.path().join("x"),
+        &opts,
+        &|_, _| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("equal ranks"), "{e}");
+    assert!(!dir.path().join("x").exists());
+}
+
+#[test]
+fn llama_cpp_with_both_adapters_active_equals_the_cat_fused_adapter() {
+    let _g = LLAMA.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let (wa, wb) = (0.6f32, 0.4f32);
+    let (a, _) = convert_to(
+        &tiny_adapter("plain"),
+        &tiny_base(),
+        dir.path(),
+        OutType::F32,
+    );
+    let bdir = dir.path().join("b");
+    std::fs::create_dir(&bdir).unwrap();
+    let (b, _) = convert_to(
+        &tiny_adapter("rslora-patterns"),
+        &tiny_base(),
+        &bdir,
+        OutType::F32,
+    );
+    let fused = dir.path().join("fused.gguf");
+    let r = run(
+        &[
+            input("plain", f64::from(wa)),
+            input("rslora-patterns", f64::from(wb)),
+        ],
+        &fused,
+        Method::Cat,
+        None,
+    );
+    assert_eq!(r.convert.as_ref().unwrap().targets, 14);
+    let model = load_model(&tiny_base());
+    let toks = tokens(&tiny().join("reference.safetensors"));
+    let base = llama_logits(&model, &[], &toks);
+    let both = llama_logits(&model, &[(&a, wa), (&b, wb)], &toks);
+    let one = llama_logits(&model, &[(&fused, 1.0)], &toks);
+    let effect = sub(&both, &base);
+    let err = norm(&sub(&one, &both)) / norm(&effect);
+    assert!(err < 1e-4, "relative error {err:e}");
+}
+
+#[test]
+fn fuse_cli_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_loraguard");
+    let spec = |n: &str, w: &str| format!("{}:{w}", tiny_adapter(n).display());
+    let out: PathBuf = dir.path().join("f");
+    let o = std::process::Command::new(bin)
+        .args([
+            "fuse",
+            &spec("plain", "0.6"),
+            &spec("gqa-k-only", "0.4"),
+            "--method",
+            "cat",
+            "-o",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("fused 2 adapters (cat) over 14 modules"));
+    for (args, why) in [
+        (vec!["--method", "ties"], "not implemented yet"),
+        (vec!["--method", "cat", "-o", "x.gguf"], "--base"),
+    ] {
+        let o = std::process::Command::new(bin)
+            .current_dir(dir.path())
+            .args(["fuse", &spec("plain", "1"), &spec("plain", "1")])
+            .args(&args)
+            .args(if args.contains(&"-o") {
+                vec![]
+            } else {
+                vec!["-o", "y"]
+            })
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(why),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
