@@ -27,12 +27,12 @@ MODULES = [
 ]
 
 
-def make_adapter(d: Path):
+def make_adapter(d: Path, seed: int = 0):
     d.mkdir(parents=True, exist_ok=True)
     st = d / "adapter_model.safetensors"
     if st.exists():
         return
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     header, offset, chunks = {}, 0, []
     for layer in range(LAYERS):
         for hf, _, din, dout in MODULES:

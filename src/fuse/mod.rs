@@ -276,7 +276,9 @@ pub fn fuse(
     let names: Vec<&String> = modules.keys().collect();
     let done = std::sync::atomic::AtomicUsize::new(0);
     progress(0, names.len());
-    let fused: Vec<(Fused, usize)> = names
+    // Each module leaves the parallel map as its F32 tensors and figures: the
+    // f64 factors of all modules at once would be twice the output's size.
+    let fused: Vec<(F32Tensor, F32Tensor, ModuleFuse)> = names
         .par_iter()
         .map(|m| {
             let s = &modules[*m];
@@ -293,30 +295,35 @@ pub fn fuse(
                 })
                 .collect::<Result<Vec<_>>>()?;
             let f = fuse_module(&terms, opts.method, k)?;
+            drop(terms);
             progress(
                 done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
                 names.len(),
             );
-            Ok((f, s.terms.len()))
+            let to32 = |x: &Array2<f64>| F32Tensor::from_array(&x.mapv(|v| v as f32));
+            Ok((
+                to32(&f.a),
+                to32(&f.b),
+                ModuleFuse {
+                    module: (*m).clone(),
+                    sources: s.terms.len(),
+                    rank: f.a.nrows(),
+                    exact_norm: f.exact_norm,
+                    relative_error: f.relative_error,
+                },
+            ))
         })
         .collect::<Result<_>>()?;
 
     let mut tensors: Vec<(String, F32Tensor)> = Vec::new();
     let mut ranks = BTreeMap::new();
     let mut report = Vec::new();
-    for (m, (f, sources)) in names.iter().zip(&fused) {
+    for (m, (a, b, stats)) in names.iter().zip(fused) {
         let s = &modules[*m];
-        let to32 = |x: &Array2<f64>| x.mapv(|v| v as f32);
-        tensors.push((s.a_name.clone(), F32Tensor::from_array(&to32(&f.a))));
-        tensors.push((s.b_name.clone(), F32Tensor::from_array(&to32(&f.b))));
-        ranks.insert((*m).clone(), f.a.nrows());
-        report.push(ModuleFuse {
-            module: (*m).clone(),
-            sources: *sources,
-            rank: f.a.nrows(),
-            exact_norm: f.exact_norm,
-            relative_error: f.relative_error,
-        });
+        tensors.push((s.a_name.clone(), a));
+        tensors.push((s.b_name.clone(), b));
+        ranks.insert((*m).clone(), stats.rank);
+        report.push(stats);
     }
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let mut meta = std::collections::HashMap::new();
