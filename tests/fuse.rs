@@ -20,6 +20,8 @@ fn run(inputs: &[FuseInput], out: &Path, method: Method, rank: Option<usize>) ->
     let opts = FuseOptions {
         method,
         rank,
+        density: method.prunes().then_some(0.5),
+        seed: 1,
         base: Some(tiny_base()),
         convert: ConvertOptions::new(OutType::F32),
     };
@@ -131,6 +133,8 @@ fn linear_reports_its_cross_terms_and_needs_equal_ranks() {
     let opts = FuseOptions {
         method: Method::Linear,
         rank: None,
+        density: None,
+        seed: 0,
         base: None,
         convert: ConvertOptions::new(OutType::F32),
     };
@@ -207,7 +211,8 @@ fn fuse_cli_exit_codes() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("fused 2 adapters (cat) over 14 modules"));
     for (args, why) in [
-        (vec!["--method", "ties"], "not implemented yet"),
+        (vec!["--method", "ties"], "needs --density"),
+        (vec!["--method", "ties_svd"], "unknown method"),
         (vec!["--method", "cat", "-o", "x.gguf"], "--base"),
     ] {
         let o = std::process::Command::new(bin)
@@ -228,4 +233,117 @@ fn fuse_cli_exit_codes() {
             String::from_utf8_lossy(&o.stderr)
         );
     }
+}
+
+/// PEFT's merged factors for plain:0.6 + plain-b:0.4 (scripts/make-fuse-fixtures.py).
+fn peft_update(golden: &safetensors::SafeTensors, method: &str, module: &str) -> Array2<f64> {
+    let get = |suffix: &str| {
+        let t = golden
+            .tensor(&format!("{method}/{module}.{suffix}"))
+            .unwrap();
+        let v: Vec<f64> = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .collect();
+        Array2::from_shape_vec((t.shape()[0], t.shape()[1]), v).unwrap()
+    };
+    get("B").dot(&get("A")) // the merged scaling is 1 for every type
+}
+
+#[test]
+fn cat_linear_ties_and_magnitude_prune_match_peft_and_svd_fixes_its_double_scaling() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(root().join("fixtures/fuse/expected.safetensors")).unwrap();
+    let golden = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let b_path = root().join("fixtures/fuse/plain-b");
+    let inputs = [
+        input("plain", 0.6),
+        FuseInput {
+            path: b_path.clone(),
+            weight: 0.4,
+        },
+    ];
+    for method in [
+        Method::Cat,
+        Method::Linear,
+        Method::Ties,
+        Method::MagnitudePrune,
+    ] {
+        let out = dir.path().join(method.name());
+        run(&inputs, &out, method, None);
+        for (m, ours) in updates(&out) {
+            let e = rel(&ours, &peft_update(&golden, method.name(), &m));
+            assert!(e < 1e-5, "{} {m}: {e:e}", method.name());
+        }
+    }
+    // PEFT's svd path scales by sᵢ twice: its result is the truncation of
+    // Σ wᵢ·sᵢ²·Bᵢ·Aᵢ. Ours truncates the intended Σ wᵢ·sᵢ·Bᵢ·Aᵢ.
+    let out = dir.path().join("svd");
+    run(&inputs, &out, Method::Svd, Some(8));
+    let sum = weighted_sum(&inputs);
+    let s = 16.0 / 8.0;
+    for (m, ours) in updates(&out) {
+        let want = &sum[&m];
+        let truncated = |x: &Array2<f64>| {
+            let svd = loraguard::linalg::lowrank::small_svd(x).unwrap();
+            let k = 8.min(svd.s.len());
+            let us = &svd.u.slice(ndarray::s![.., ..k])
+                * &svd.s.slice(ndarray::s![..k]).insert_axis(ndarray::Axis(0));
+            us.dot(&svd.vt.slice(ndarray::s![..k, ..]))
+        };
+        assert!(rel(&ours, &truncated(want)) < 1e-5, "{m}");
+        let peft = peft_update(&golden, "svd", &m);
+        assert!(
+            rel(&peft, &truncated(&(want * s))) < 1e-4,
+            "{m}: PEFT's svd is not the double-scaled sum"
+        );
+        assert!(
+            rel(&ours, &peft) > 0.4,
+            "{m}: ours should differ from PEFT's double scaling"
+        );
+    }
+}
+
+#[test]
+fn dare_is_seeded_and_at_density_one_is_linear_or_ties() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = [
+        input("plain", 0.6),
+        FuseInput {
+            path: root().join("fixtures/fuse/plain-b"),
+            weight: 0.4,
+        },
+    ];
+    let go = |method: Method, density: f64, seed: u64, name: &str| {
+        let out = dir.path().join(name);
+        let opts = FuseOptions {
+            method,
+            rank: None,
+            density: Some(density),
+            seed,
+            base: None,
+            convert: ConvertOptions::new(OutType::F32),
+        };
+        fuse(&inputs, &out, &opts, &|_, _| {}).unwrap();
+        updates(&out)
+    };
+    let same = |x: &[(String, Array2<f64>)], y: &[(String, Array2<f64>)]| {
+        x.iter().zip(y).all(|((_, a), (_, b))| rel(a, b) < 1e-12)
+    };
+    assert!(same(
+        &go(Method::DareLinear, 1.0, 0, "d1"),
+        &go(Method::Linear, 1.0, 0, "l1")
+    ));
+    assert!(same(
+        &go(Method::DareTies, 1.0, 0, "dt1"),
+        &go(Method::Ties, 1.0, 0, "t1")
+    ));
+    let (a, b, c) = (
+        go(Method::DareLinear, 0.5, 3, "a"),
+        go(Method::DareLinear, 0.5, 3, "b"),
+        go(Method::DareLinear, 0.5, 4, "c"),
+    );
+    assert!(same(&a, &b), "seeded");
+    assert!(!same(&a, &c), "the seed matters");
 }

@@ -17,12 +17,20 @@ pub struct FuseArgs {
     #[arg(required = true, num_args = 2.., value_name = "ADAPTER[:W]")]
     pub adapters: Vec<String>,
     /// cat (exact weighted sum, ranks add up), svd (the sum truncated to
-    /// --rank), linear (PEFT's per-factor sum; equal ranks; has cross terms).
+    /// --rank), or PEFT's per-factor merges (equal ranks; not the weighted
+    /// sum, the report says by how much): linear, ties, dare_linear,
+    /// dare_ties, magnitude_prune.
     #[arg(long, value_parser = parse_method, value_name = "METHOD")]
     pub method: Method,
     /// svd: the rank kept (default: the largest input rank).
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
     pub rank: Option<u32>,
+    /// ties, dare_*, magnitude_prune: the fraction of entries kept, in (0, 1].
+    #[arg(long, value_name = "D")]
+    pub density: Option<f64>,
+    /// dare_*: the seed of the random masks.
+    #[arg(long, default_value_t = 0, value_name = "S")]
+    pub seed: u64,
     /// The base model GGUF, needed for a .gguf output.
     #[arg(long, value_name = "BASE.gguf")]
     pub base: Option<PathBuf>,
@@ -45,7 +53,7 @@ pub struct FuseArgs {
 
 fn parse_method(s: &str) -> Result<Method, String> {
     Method::parse(s).ok_or_else(|| {
-        format!("unknown method {s:?}; expected cat, svd or linear (ties, dare and magnitude_prune are not implemented yet)")
+        format!("unknown method {s:?}; expected cat, svd, linear, ties, dare_linear, dare_ties or magnitude_prune (the *_svd variants, which need dense ΔW, are not implemented)")
     })
 }
 
@@ -62,6 +70,8 @@ pub fn run(args: FuseArgs, ui: &Ui) -> anyhow::Result<i32> {
     let opts = FuseOptions {
         method: args.method,
         rank: args.rank.map(|k| k as usize),
+        density: args.density,
+        seed: args.seed,
         base: args.base,
         convert: ConvertOptions {
             truncation,

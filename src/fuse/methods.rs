@@ -2,6 +2,7 @@
 
 use ndarray::{concatenate, Array2, Axis};
 
+use super::prune::{self, tensor_seed, Merge};
 use super::Method;
 use crate::error::Result;
 use crate::linalg::truncate::{balanced, tail_error};
@@ -40,8 +41,48 @@ fn cat(terms: &[Term]) -> LowRank {
     )
 }
 
-/// Fuse one module's `terms` with `method`; `k` is the svd rank.
-pub fn fuse_module(terms: &[Term], method: Method, k: usize) -> Result<Fused> {
+/// Settings of the per-factor merges.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MergeParams {
+    /// The svd rank.
+    pub rank: usize,
+    /// Fraction of entries kept by ties, dare and magnitude_prune.
+    pub density: f64,
+    /// Seed of DARE's masks.
+    pub seed: u64,
+}
+
+/// PEFT's per-factor combination: weights √|wᵢsᵢ| on B, with the sign on A.
+fn per_factor(terms: &[Term], merge: Option<Merge>, module: &str, p: &MergeParams) -> LowRank {
+    let roots: Vec<f64> = terms
+        .iter()
+        .map(|t| (t.weight * t.scale).abs().sqrt())
+        .collect();
+    let signed: Vec<f64> = terms
+        .iter()
+        .zip(&roots)
+        .map(|(t, r)| (t.weight * t.scale).signum() * r)
+        .collect();
+    let combine = |xs: Vec<Array2<f64>>, ws: &[f64], factor: u8| match merge {
+        None => xs
+            .iter()
+            .zip(ws)
+            .fold(Array2::zeros(xs[0].dim()), |acc, (x, w)| acc + x * *w),
+        Some(m) => {
+            let seeds: Vec<u64> = (0..xs.len())
+                .map(|i| tensor_seed(p.seed, module, factor, i))
+                .collect();
+            prune::merge(&xs, ws, m, p.density, &seeds)
+        }
+    };
+    let a = combine(terms.iter().map(|t| t.a.clone()).collect(), &signed, b'A');
+    let b = combine(terms.iter().map(|t| t.b.clone()).collect(), &roots, b'B');
+    LowRank::new(b, a, 1.0)
+}
+
+/// Fuse one module's `terms` with `method`.
+pub fn fuse_module(terms: &[Term], method: Method, module: &str, p: &MergeParams) -> Result<Fused> {
+    let k = p.rank;
     let exact = cat(terms);
     let exact_norm = exact.norm();
     let rel = |x: &LowRank| -> Result<f64> {
@@ -66,17 +107,19 @@ pub fn fuse_module(terms: &[Term], method: Method, k: usize) -> Result<Fused> {
                 relative_error: tail_error(svd.s.as_slice().expect("contiguous"), k),
             })
         }
-        Method::Linear => {
-            let (rows, cols, r) = (terms[0].b.nrows(), terms[0].a.ncols(), terms[0].a.nrows());
-            let mut b = Array2::<f64>::zeros((rows, r));
-            let mut a = Array2::<f64>::zeros((r, cols));
-            for t in terms {
-                let ws = t.weight * t.scale;
-                let root = ws.abs().sqrt();
-                b.scaled_add(root, &t.b);
-                a.scaled_add(ws.signum() * root, &t.a);
-            }
-            let fused = LowRank::new(b, a, 1.0);
+        Method::Linear
+        | Method::Ties
+        | Method::DareLinear
+        | Method::DareTies
+        | Method::MagnitudePrune => {
+            let merge = match method {
+                Method::Ties => Some(Merge::Ties),
+                Method::DareLinear => Some(Merge::DareLinear),
+                Method::DareTies => Some(Merge::DareTies),
+                Method::MagnitudePrune => Some(Merge::MagnitudePrune),
+                _ => None,
+            };
+            let fused = per_factor(terms, merge, module, p);
             let relative_error = rel(&fused)?;
             Ok(Fused {
                 b: fused.b,
@@ -124,12 +167,17 @@ mod tests {
     fn cat_is_the_exact_weighted_sum_and_svd_its_best_truncation() {
         let ts = terms();
         let want = dense_sum(&ts);
-        let c = fuse_module(&ts, Method::Cat, 0).unwrap();
+        let p = |rank| MergeParams {
+            rank,
+            density: 1.0,
+            seed: 0,
+        };
+        let c = fuse_module(&ts, Method::Cat, "m", &p(0)).unwrap();
         assert_eq!(c.a.nrows(), 8);
         assert!(rel(&c.b.dot(&c.a), &want) < 1e-12);
-        let s = fuse_module(&ts, Method::Svd, 8).unwrap();
+        let s = fuse_module(&ts, Method::Svd, "m", &p(8)).unwrap();
         assert!(rel(&s.b.dot(&s.a), &want) < 1e-10 && s.relative_error < 1e-7);
-        let s3 = fuse_module(&ts, Method::Svd, 3).unwrap();
+        let s3 = fuse_module(&ts, Method::Svd, "m", &p(3)).unwrap();
         let dense_err = rel(&s3.b.dot(&s3.a), &want);
         assert!(
             (dense_err - s3.relative_error).abs() < 1e-10,
@@ -148,7 +196,12 @@ mod tests {
     fn linear_has_cross_terms_and_reports_them() {
         let ts = terms();
         let want = dense_sum(&ts);
-        let l = fuse_module(&ts, Method::Linear, 0).unwrap();
+        let p = MergeParams {
+            rank: 0,
+            density: 1.0,
+            seed: 0,
+        };
+        let l = fuse_module(&ts, Method::Linear, "m", &p).unwrap();
         let err = rel(&l.b.dot(&l.a), &want);
         assert!(
             err > 0.1,
@@ -156,7 +209,12 @@ mod tests {
         );
         assert!((err - l.relative_error).abs() < 1e-10);
         // One adapter alone: linear is exact.
-        let one = fuse_module(&ts[..1], Method::Linear, 0).unwrap();
+        let one = fuse_module(&ts[..1], Method::Linear, "m", &p).unwrap();
         assert!(one.relative_error < 1e-12);
+        // Density 1: ties of one adapter and magnitude_prune are linear.
+        for m in [Method::Ties, Method::MagnitudePrune, Method::DareLinear] {
+            let x = fuse_module(&ts[..1], m, "m", &p).unwrap();
+            assert!(x.relative_error < 1e-12, "{m:?}");
+        }
     }
 }

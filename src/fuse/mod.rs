@@ -14,6 +14,7 @@
 //! others. Inputs are PEFT adapters for the same base.
 
 mod methods;
+mod prune;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,7 +27,8 @@ use crate::convert::{convert, ConvertOptions, ConvertReport};
 use crate::error::{Error, Result};
 use crate::peft::write::F32Tensor;
 use crate::peft::{PeftAdapter, CONFIG_NAME, SAFETENSORS_NAME};
-pub use methods::{fuse_module, Fused, Term};
+pub use methods::{fuse_module, Fused, MergeParams, Term};
+pub use prune::Merge;
 
 /// How adapters are combined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +36,10 @@ pub enum Method {
     Cat,
     Linear,
     Svd,
+    Ties,
+    DareLinear,
+    DareTies,
+    MagnitudePrune,
 }
 
 impl Method {
@@ -42,6 +48,10 @@ impl Method {
             "cat" => Method::Cat,
             "linear" => Method::Linear,
             "svd" => Method::Svd,
+            "ties" => Method::Ties,
+            "dare_linear" => Method::DareLinear,
+            "dare_ties" => Method::DareTies,
+            "magnitude_prune" => Method::MagnitudePrune,
             _ => return None,
         })
     }
@@ -51,7 +61,24 @@ impl Method {
             Method::Cat => "cat",
             Method::Linear => "linear",
             Method::Svd => "svd",
+            Method::Ties => "ties",
+            Method::DareLinear => "dare_linear",
+            Method::DareTies => "dare_ties",
+            Method::MagnitudePrune => "magnitude_prune",
         }
+    }
+
+    /// Methods that combine A and B separately, like PEFT (equal ranks).
+    pub fn per_factor(self) -> bool {
+        !matches!(self, Method::Cat | Method::Svd)
+    }
+
+    /// Methods that prune (need a density).
+    pub fn prunes(self) -> bool {
+        matches!(
+            self,
+            Method::Ties | Method::DareLinear | Method::DareTies | Method::MagnitudePrune
+        )
     }
 }
 
@@ -80,6 +107,10 @@ pub struct FuseOptions {
     pub method: Method,
     /// `svd`: the rank kept (default: the largest input rank).
     pub rank: Option<usize>,
+    /// ties, dare_*, magnitude_prune: the fraction of entries kept.
+    pub density: Option<f64>,
+    /// dare_*: the seed of the random masks.
+    pub seed: u64,
     /// For a `.gguf` output: the base model GGUF and the conversion options.
     pub base: Option<PathBuf>,
     pub convert: ConvertOptions,
@@ -263,12 +294,32 @@ pub fn fuse(
     if k == 0 {
         return Err(Error::Usage("--rank must be at least 1".into()));
     }
-    if opts.method == Method::Linear {
+    let density = match (opts.method.prunes(), opts.density) {
+        (true, None) => {
+            return Err(Error::Usage(format!(
+                "{} needs --density D (the fraction of entries kept, in (0, 1])",
+                opts.method.name()
+            )))
+        }
+        (_, Some(d)) if !(d > 0.0 && d <= 1.0) => {
+            return Err(Error::Usage(format!(
+                "--density {d}: expected a fraction in (0, 1]"
+            )))
+        }
+        (_, d) => d.unwrap_or(1.0),
+    };
+    let params = MergeParams {
+        rank: k,
+        density,
+        seed: opts.seed,
+    };
+    if opts.method.per_factor() {
         for (m, s) in &modules {
             let ranks: Vec<usize> = s.terms.iter().map(|(_, p, _)| p.rank()).collect();
             if ranks.iter().any(|r| *r != ranks[0]) {
                 return Err(Error::Usage(format!(
-                    "linear needs equal ranks, and {m} has ranks {ranks:?} (use cat or svd)"
+                    "{} needs equal ranks, and {m} has ranks {ranks:?} (use cat or svd)",
+                    opts.method.name()
                 )));
             }
         }
@@ -294,7 +345,7 @@ pub fn fuse(
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let f = fuse_module(&terms, opts.method, k)?;
+            let f = fuse_module(&terms, opts.method, m, &params)?;
             drop(terms);
             progress(
                 done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
