@@ -347,3 +347,108 @@ fn dare_is_seeded_and_at_density_one_is_linear_or_ties() {
     assert!(same(&a, &b), "seeded");
     assert!(!same(&a, &c), "the seed matters");
 }
+
+#[test]
+fn gguf_and_peft_inputs_fuse_in_gguf_layout() {
+    let _g = LLAMA.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    // plain as a GGUF LoRA (F32), rslora-patterns as PEFT: mapped through --base.
+    let (plain_gguf, _) = convert_to(
+        &tiny_adapter("plain"),
+        &tiny_base(),
+        dir.path(),
+        OutType::F32,
+    );
+    let mixed = [
+        FuseInput {
+            path: plain_gguf.clone(),
+            weight: 0.6,
+        },
+        input("rslora-patterns", -0.4),
+    ];
+    let peft_only = [input("plain", 0.6), input("rslora-patterns", -0.4)];
+    for method in [Method::Cat, Method::Svd] {
+        let (x, y) = (
+            dir.path().join(format!("mixed-{}.gguf", method.name())),
+            dir.path().join(format!("peft-{}.gguf", method.name())),
+        );
+        let opts = FuseOptions {
+            method,
+            rank: Some(6),
+            density: None,
+            seed: 0,
+            base: Some(tiny_base()),
+            convert: ConvertOptions::new(OutType::F32),
+        };
+        let r = fuse(&mixed, &x, &opts, &|_, _| {}).unwrap();
+        assert!(r.convert.is_none(), "written directly");
+        fuse(&peft_only, &y, &opts, &|_, _| {}).unwrap();
+        let a = loraguard::analyze::source::AdapterSource::open(&x, None).unwrap();
+        let b = loraguard::analyze::source::AdapterSource::open(&y, None).unwrap();
+        assert_eq!(a.modules().len(), 14);
+        for m in a.modules() {
+            let (p, q) = (a.load(&m).unwrap(), b.load(&m).unwrap());
+            let e = p.difference_norm(&q).unwrap() / q.norm();
+            assert!(e < 1e-5, "{} {m}: {e:e}", method.name());
+        }
+        // llama.cpp loads the directly written file.
+        let model = load_model(&tiny_base());
+        let toks = tokens(&tiny().join("reference.safetensors"));
+        let (lx, ly) = (
+            llama_logits(&model, &[(&x, 1.0)], &toks),
+            llama_logits(&model, &[(&y, 1.0)], &toks),
+        );
+        assert!(cosine(&lx, &ly) > 0.99999, "{}", method.name());
+    }
+    // Embedding LoRAs keep llama.cpp's token_embd layout.
+    let edir = dir.path().join("e");
+    std::fs::create_dir(&edir).unwrap();
+    let (embed_gguf, _) = convert_to(
+        &tiny_adapter("embed-head"),
+        &tiny_base(),
+        &edir,
+        OutType::F32,
+    );
+    let opts = FuseOptions {
+        method: Method::Cat,
+        rank: None,
+        density: None,
+        seed: 0,
+        base: Some(tiny_base()),
+        convert: ConvertOptions::new(OutType::F32),
+    };
+    let (x, y) = (dir.path().join("ex.gguf"), dir.path().join("ey.gguf"));
+    let ins = [
+        FuseInput {
+            path: embed_gguf,
+            weight: 0.5,
+        },
+        input("embed-head", 0.25),
+    ];
+    fuse(&ins, &x, &opts, &|_, _| {}).unwrap();
+    fuse(&[input("embed-head", 0.75)], &y, &opts, &|_, _| {}).unwrap_err(); // one input is refused
+    let single = [input("embed-head", 0.5), input("embed-head", 0.25)];
+    fuse(&single, &y, &opts, &|_, _| {}).unwrap();
+    let model = load_model(&tiny_base());
+    let toks = tokens(&tiny().join("reference.safetensors"));
+    let (lx, ly) = (
+        llama_logits(&model, &[(&x, 1.0)], &toks),
+        llama_logits(&model, &[(&y, 1.0)], &toks),
+    );
+    let base = llama_logits(&model, &[], &toks);
+    let e = norm(&sub(&lx, &ly)) / norm(&sub(&ly, &base));
+    assert!(e < 1e-4, "embedding fusion: {e:e}");
+    // GGUF inputs need --base and a .gguf output.
+    let opts = FuseOptions {
+        method: Method::Cat,
+        rank: None,
+        density: None,
+        seed: 0,
+        base: None,
+        convert: ConvertOptions::new(OutType::F32),
+    };
+    let e = fuse(&mixed, &dir.path().join("z.gguf"), &opts, &|_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--base"), "{e}");
+}

@@ -10,9 +10,15 @@
 //!   B′ = Σ √|wᵢsᵢ|·Bᵢ (equal ranks). Its product has cross terms Bᵢ·Aⱼ, so it
 //!   is not the weighted sum; the report gives that error per module.
 //!
+//! - `ties`, `dare_linear`, `dare_ties`, `magnitude_prune`: PEFT's
+//!   per-factor merges (see [`Merge`]).
+//!
 //! A module present in only some adapters counts as a zero update in the
-//! others. Inputs are PEFT adapters for the same base.
+//! others. Inputs are PEFT adapters for the same base, written as a PEFT
+//! directory (or converted to GGUF); with any GGUF LoRA among them, all are
+//! taken in GGUF layout and the result is written as GGUF directly.
 
+mod gguf;
 mod methods;
 mod prune;
 
@@ -234,15 +240,34 @@ pub fn fuse(
             None
         }
     };
+    let density = match (opts.method.prunes(), opts.density) {
+        (true, None) => {
+            return Err(Error::Usage(format!(
+                "{} needs --density D (the fraction of entries kept, in (0, 1])",
+                opts.method.name()
+            )))
+        }
+        (_, Some(d)) if !(d > 0.0 && d <= 1.0) => {
+            return Err(Error::Usage(format!(
+                "--density {d}: expected a fraction in (0, 1]"
+            )))
+        }
+        (_, d) => d.unwrap_or(1.0),
+    };
+    let params = MergeParams {
+        rank: opts.rank.unwrap_or(0),
+        density,
+        seed: opts.seed,
+    };
+    if inputs
+        .iter()
+        .any(|i| !crate::peft::looks_like_peft(&i.path))
+    {
+        return gguf::fuse_gguf(inputs, out, opts, &params, progress);
+    }
     let adapters: Vec<PeftAdapter> = inputs
         .iter()
         .map(|i| {
-            if !crate::peft::looks_like_peft(&i.path) {
-                return Err(Error::Usage(format!(
-                    "{}: fuse reads PEFT adapter directories (GGUF LoRA inputs are not supported yet)",
-                    i.path.display()
-                )));
-            }
             let a = PeftAdapter::open(&i.path)?;
             a.check_finite()?;
             if !a.unsupported.is_empty() {
@@ -294,25 +319,7 @@ pub fn fuse(
     if k == 0 {
         return Err(Error::Usage("--rank must be at least 1".into()));
     }
-    let density = match (opts.method.prunes(), opts.density) {
-        (true, None) => {
-            return Err(Error::Usage(format!(
-                "{} needs --density D (the fraction of entries kept, in (0, 1])",
-                opts.method.name()
-            )))
-        }
-        (_, Some(d)) if !(d > 0.0 && d <= 1.0) => {
-            return Err(Error::Usage(format!(
-                "--density {d}: expected a fraction in (0, 1]"
-            )))
-        }
-        (_, d) => d.unwrap_or(1.0),
-    };
-    let params = MergeParams {
-        rank: k,
-        density,
-        seed: opts.seed,
-    };
+    let params = MergeParams { rank: k, ..params };
     if opts.method.per_factor() {
         for (m, s) in &modules {
             let ranks: Vec<usize> = s.terms.iter().map(|(_, p, _)| p.rank()).collect();

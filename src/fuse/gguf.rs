@@ -1,0 +1,237 @@
+//! Fusing GGUF LoRAs: every input in GGUF layout (PEFT adapters converted
+//! exactly for `--base` first), the result written as a GGUF LoRA directly.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use ndarray::Array2;
+use rayon::prelude::*;
+
+use super::{fuse_module, FuseInput, FuseOptions, FuseReport, MergeParams, ModuleFuse, Term};
+use crate::analyze::source::AdapterSource;
+use crate::atomic::AtomicFile;
+use crate::convert::OutType;
+use crate::error::{Error, Result};
+use crate::gguf::{GgmlType, GgufFile, GgufWriter, MetaValue, TensorDesc};
+use crate::quant::{encode_into, fits_f16};
+
+/// The alpha written: with alpha = 1 llama.cpp scales each pair by 1/k,
+/// which is folded into `lora_b`.
+const ALPHA: f32 = 1.0;
+
+/// The type one tensor is written in, and its bytes.
+fn encode(requested: GgmlType, m: &Array2<f64>) -> (GgmlType, Vec<u8>) {
+    let data: Vec<f32> = m.iter().map(|x| *x as f32).collect();
+    let mut ty = requested;
+    if ty == GgmlType::Q8_0 && m.ncols() % 32 != 0 {
+        ty = GgmlType::F16;
+    }
+    if ty == GgmlType::F16 && !fits_f16(&data) {
+        ty = GgmlType::F32;
+    }
+    let mut out = Vec::new();
+    if !encode_into(ty, &data, &mut out) {
+        out.clear();
+        ty = GgmlType::F32;
+        encode_into(ty, &data, &mut out);
+    }
+    (ty, out)
+}
+
+/// See the module documentation; `params` as in [`super::fuse`].
+pub fn fuse_gguf(
+    inputs: &[FuseInput],
+    out: &Path,
+    opts: &FuseOptions,
+    params: &MergeParams,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<FuseReport> {
+    let base = opts.base.as_deref().ok_or_else(|| {
+        Error::Usage(
+            "GGUF LoRA inputs: pass --base BASE.gguf (PEFT inputs are mapped to GGUF layout through it)"
+                .into(),
+        )
+    })?;
+    if !out
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        return Err(Error::Usage(format!(
+            "-o {}: fusing GGUF LoRAs writes a GGUF LoRA; name a .gguf output",
+            out.display()
+        )));
+    }
+    if opts.convert.truncation.is_some() {
+        return Err(Error::Usage(
+            "--max-rank/--energy re-factor PEFT-built outputs; with GGUF inputs use --method svd --rank K".into(),
+        ));
+    }
+    let arch = GgufFile::open(base)?
+        .architecture()
+        .map(String::from)
+        .ok_or_else(|| Error::malformed(base, "GGUF", "no general.architecture"))?;
+    let sources: Vec<AdapterSource> = inputs
+        .iter()
+        .map(|i| AdapterSource::open(&i.path, Some(base)))
+        .collect::<Result<_>>()?;
+    for s in &sources {
+        if let AdapterSource::Gguf { file, .. } = s {
+            if file.architecture() != Some(arch.as_str()) {
+                return Err(Error::Usage(format!(
+                    "{} is for {:?}, the base {} is {arch:?}",
+                    file.path.display(),
+                    file.architecture(),
+                    base.display()
+                )));
+            }
+        }
+    }
+    // svd's default rank: the largest input rank (each lora_b's ne[0]).
+    let max_rank = sources
+        .iter()
+        .filter_map(|s| match s {
+            AdapterSource::Gguf { file, .. } => file
+                .tensors
+                .iter()
+                .filter(|t| t.name.ends_with(".lora_b"))
+                .map(|t| t.ne[0] as usize)
+                .max(),
+            AdapterSource::Peft(_) => None,
+        })
+        .max()
+        .unwrap_or(1);
+    let params = &MergeParams {
+        rank: if params.rank == 0 {
+            max_rank
+        } else {
+            params.rank
+        },
+        ..*params
+    };
+    let mut modules: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, s) in sources.iter().enumerate() {
+        for m in s.modules() {
+            modules.entry(m).or_default().push(i);
+        }
+    }
+    let names: Vec<&String> = modules.keys().collect();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let fused: Vec<(Array2<f64>, Array2<f64>, ModuleFuse)> = names
+        .par_iter()
+        .map(|m| {
+            let terms = modules[*m]
+                .iter()
+                .map(|&i| {
+                    let lr = sources[i].load(m)?;
+                    Ok(Term {
+                        b: lr.b,
+                        a: lr.a,
+                        scale: lr.scale,
+                        weight: inputs[i].weight,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let (d_out, d_in) = (terms[0].b.nrows(), terms[0].a.ncols());
+            if terms
+                .iter()
+                .any(|t| (t.b.nrows(), t.a.ncols()) != (d_out, d_in))
+            {
+                return Err(Error::Usage(format!(
+                    "{m}: the inputs disagree on its shape"
+                )));
+            }
+            if opts.method.per_factor() && terms.iter().any(|t| t.a.nrows() != terms[0].a.nrows()) {
+                return Err(Error::Usage(format!(
+                    "{} needs equal ranks, and {m} has different ones (use cat or svd)",
+                    opts.method.name()
+                )));
+            }
+            let f = fuse_module(&terms, opts.method, m, params)?;
+            progress(
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+                names.len(),
+            );
+            let stats = ModuleFuse {
+                module: (*m).clone(),
+                sources: terms.len(),
+                rank: f.a.nrows(),
+                exact_norm: f.exact_norm,
+                relative_error: f.relative_error,
+            };
+            Ok((f.b, f.a, stats))
+        })
+        .collect::<Result<_>>()?;
+
+    let requested = match opts.convert.outtype {
+        OutType::F32 => GgmlType::F32,
+        OutType::BF16 => GgmlType::BF16,
+        OutType::Q8_0 => GgmlType::Q8_0,
+        OutType::F16 | OutType::Auto => GgmlType::F16,
+    };
+    let mut descs = Vec::new();
+    let mut payloads = Vec::new();
+    let mut report = Vec::new();
+    for (m, (b, a, stats)) in names.iter().zip(fused) {
+        let k = stats.rank;
+        let fold = k as f64 / f64::from(ALPHA);
+        // Linear: lora_a rows are A (k×in), lora_b rows are B (out×k).
+        // token_embd: ΔE = (B·A)ᵀ was fused as Aᵀ·Bᵀ: lora_a rows are Aᵀ
+        // (vocab×k), lora_b rows are B (width×k).
+        let (la, lb) = if m.ends_with("token_embd.weight") {
+            (b, a.reversed_axes().as_standard_layout().to_owned() * fold)
+        } else {
+            (a, b * fold)
+        };
+        for (suffix, t) in [("lora_a", la), ("lora_b", lb)] {
+            let (ty, bytes) = encode(requested, &t);
+            descs.push(TensorDesc {
+                name: format!("{m}.{suffix}"),
+                ty,
+                ne: vec![t.ncols() as u64, t.nrows() as u64],
+            });
+            payloads.push(bytes);
+        }
+        report.push(stats);
+    }
+    let s = |v: &str| MetaValue::Str(v.to_string());
+    let meta = vec![
+        ("general.architecture".to_string(), s(&arch)),
+        ("general.type".to_string(), s("adapter")),
+        ("adapter.type".to_string(), s("lora")),
+        ("adapter.lora.alpha".to_string(), MetaValue::F32(ALPHA)),
+        (
+            "loraguard.version".to_string(),
+            s(env!("CARGO_PKG_VERSION")),
+        ),
+        (
+            "loraguard.transforms".to_string(),
+            MetaValue::ArrStr(vec![format!("fuse_{}", opts.method.name())]),
+        ),
+        (
+            "loraguard.fuse".to_string(),
+            s(&inputs
+                .iter()
+                .map(|i| format!("{}:{}", i.path.display(), i.weight))
+                .collect::<Vec<_>>()
+                .join(", ")),
+        ),
+    ];
+    let io = |e: std::io::Error| Error::io(out, e);
+    let mut file = AtomicFile::create(out)?;
+    {
+        let mut w = GgufWriter::start(file.writer(), &meta, descs).map_err(io)?;
+        for p in &payloads {
+            w.write_tensor(p).map_err(io)?;
+        }
+        w.finish().map_err(io)?.flush().map_err(io)?;
+    }
+    file.commit()?;
+    Ok(FuseReport {
+        method: opts.method.name().into(),
+        inputs: inputs.iter().map(|i| (i.path.clone(), i.weight)).collect(),
+        modules: report,
+        output: out.to_path_buf(),
+        convert: None,
+    })
+}
