@@ -56,6 +56,11 @@ impl Matrix {
         Matrix { rows, cols, data }
     }
 
+    /// The same matrix in f64, for the linear algebra in [`crate::linalg`].
+    pub fn to_f64(&self) -> ndarray::Array2<f64> {
+        crate::linalg::f64_matrix(self.rows, self.cols, &self.data)
+    }
+
     /// Row `i`.
     pub fn row(&self, i: usize) -> &[f32] {
         &self.data[i * self.cols..(i + 1) * self.cols]

@@ -3,11 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-use ndarray::Array2;
 
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, GgufTensor};
-use crate::linalg::LowRank;
+use crate::linalg::{f64_matrix, LowRank};
 use crate::peft::{PairKind, PeftAdapter};
 
 /// Where an adapter's modules come from.
@@ -169,10 +168,7 @@ impl AdapterSource {
                     .find(|x| x.module == module)
                     .ok_or_else(|| Error::Usage(format!("no module {module}")))?;
                 let (a, b) = (p.matrix(&pair.a)?, p.matrix(&pair.b)?);
-                let (a, b) = (
-                    f64_matrix(a.rows, a.cols, &a.data),
-                    f64_matrix(b.rows, b.cols, &b.data),
-                );
+                let (a, b) = (a.to_f64(), b.to_f64());
                 Ok(match pair.kind {
                     PairKind::Linear => LowRank::new(b, a, pair.scale.scale),
                     PairKind::Embedding => LowRank::new(
@@ -184,10 +180,4 @@ impl AdapterSource {
             }
         }
     }
-}
-
-/// A row-major f32 buffer as an f64 matrix (sizes already checked).
-fn f64_matrix(rows: usize, cols: usize, data: &[f32]) -> Array2<f64> {
-    Array2::from_shape_vec((rows, cols), data.iter().map(|x| f64::from(*x)).collect())
-        .expect("sizes checked")
 }

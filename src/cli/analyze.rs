@@ -5,9 +5,8 @@ use std::path::PathBuf;
 use clap::Args;
 use loraguard::analyze::plot::{plot, PlotFormat};
 use loraguard::analyze::{analyze, AnalyzeOptions};
-use loraguard::atomic::write_atomic;
 
-use super::output::{print_stdout, Ui, EXIT_OK};
+use super::output::{print_stdout, progress_of, write_json, Ui, EXIT_OK};
 
 #[derive(Debug, Args)]
 pub struct AnalyzeArgs {
@@ -58,16 +57,11 @@ pub fn run(args: AnalyzeArgs, ui: &Ui) -> anyhow::Result<i32> {
         power_iters: args.power_iters,
     };
     let bar = ui.bar("analyze");
-    let progress = |done: usize, total: usize| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    };
+    let progress = progress_of(&bar);
     let report = analyze(&args.adapter, &opts, &progress)?;
     bar.finish_and_clear();
     if let Some(p) = &args.json {
-        let mut s = serde_json::to_string_pretty(&report)?;
-        s.push('\n');
-        write_atomic(p, s.as_bytes())?;
+        write_json(p, &report)?;
     }
     if let Some(p) = &args.plot {
         plot(&report, p)?;

@@ -10,7 +10,7 @@ use loraguard::check::prompts::load_prompts;
 use loraguard::check::{check, AdapterSpec, CheckOptions, Template};
 use loraguard::llama::{default_threads, Sampling};
 
-use super::output::{print_stdout, Ui, EXIT_GATE, EXIT_OK};
+use super::output::{print_stdout, progress_of, Ui, EXIT_GATE, EXIT_OK};
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
@@ -132,10 +132,7 @@ pub fn run(args: CheckArgs, ui: &Ui, threads: Option<usize>) -> anyhow::Result<i
         ignore_eos: args.ignore_eos,
     };
     let bar = ui.bar("check");
-    let progress = |done: usize, total: usize| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    };
+    let progress = progress_of(&bar);
     let (report, t) = check(&opts, &prompts, &progress)?;
     bar.finish_and_clear();
     let violations = evaluate(&report, &gates)?;

@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use loraguard::convert::{convert, ConvertOptions, ModuleStats, OutType};
-use loraguard::linalg::truncate::Truncation;
+use loraguard::convert::{convert, ConvertOptions, ModuleStats};
 
-use super::output::{print_stdout, Ui, EXIT_OK};
+use super::gguf_out::GgufOutArgs;
+use super::output::{print_stdout, progress_of, Ui, EXIT_OK};
 
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
@@ -23,9 +23,8 @@ pub struct ConvertArgs {
         required_unless_present = "dry_run"
     )]
     pub output: Option<PathBuf>,
-    /// Tensor type: f32, f16, bf16, q8_0, or auto (the 16-bit type matching the source).
-    #[arg(long, default_value = "auto", value_parser = parse_outtype)]
-    pub outtype: OutType,
+    #[command(flatten)]
+    pub out: GgufOutArgs,
     /// Validate and show the plan; write nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -33,15 +32,6 @@ pub struct ConvertArgs {
     /// embeddings with new tokens) instead of refusing, and list them.
     #[arg(long)]
     pub drop_unsupported: bool,
-    /// Re-factor every module into balanced SVD form (B′ = U·√Σ, A′ = √Σ·Vᵀ)
-    /// of at most this rank; the error of each truncation is reported.
-    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_rank: Option<u32>,
-    /// Re-factor every module into balanced SVD form keeping the fewest
-    /// singular values that hold this fraction of ‖ΔW‖²_F (0 < E ≤ 1; 1 keeps
-    /// every nonzero one and only re-balances).
-    #[arg(long, value_name = "E", value_parser = parse_energy)]
-    pub energy: Option<f64>,
     /// Measure each module's relative error ‖ΔW − ΔW_written‖_F / ‖ΔW‖_F as
     /// written (re-factoring plus the output type's rounding) and report it.
     #[arg(long)]
@@ -51,35 +41,15 @@ pub struct ConvertArgs {
     pub json: bool,
 }
 
-pub(super) fn parse_energy(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(e) if e > 0.0 && e <= 1.0 => Ok(e),
-        _ => Err(format!("--energy takes a fraction in (0, 1], not {s:?}")),
-    }
-}
-
-pub(super) fn parse_outtype(s: &str) -> Result<OutType, String> {
-    OutType::parse(s)
-        .ok_or_else(|| format!("unknown outtype {s:?}; expected f32, f16, bf16, q8_0 or auto"))
-}
-
 pub fn run(args: ConvertArgs, ui: &Ui) -> anyhow::Result<i32> {
-    let truncation = (args.max_rank.is_some() || args.energy.is_some()).then_some(Truncation {
-        max_rank: args.max_rank.map(|k| k as usize),
-        energy: args.energy,
-    });
     let opts = ConvertOptions {
-        outtype: args.outtype,
         drop_unsupported: args.drop_unsupported,
         dry_run: args.dry_run,
-        truncation,
         measure_error: args.measure_error,
+        ..args.out.convert_options()
     };
     let bar = ui.bar("convert");
-    let progress = |done: usize, total: usize| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    };
+    let progress = progress_of(&bar);
     let report = convert(
         &args.adapter,
         &args.base,

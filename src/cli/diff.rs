@@ -8,7 +8,7 @@ use loraguard::check::diff::diff;
 use loraguard::check::report::CheckReport;
 use loraguard::Error;
 
-use super::output::{print_stdout, Ui, EXIT_GATE, EXIT_OK};
+use super::output::{print_stdout, write_json, Ui, EXIT_GATE, EXIT_OK};
 
 #[derive(Debug, Args)]
 pub struct DiffArgs {
@@ -57,9 +57,7 @@ pub fn run(args: DiffArgs, ui: &Ui) -> anyhow::Result<i32> {
         write_atomic(p, d.to_markdown().as_bytes())?;
     }
     if let Some(p) = &args.json {
-        let mut s = serde_json::to_string_pretty(&d)?;
-        s.push('\n');
-        write_atomic(p, s.as_bytes())?;
+        write_json(p, &d)?;
     }
     if !ui.quiet {
         print_stdout(&d.summary_text())?;

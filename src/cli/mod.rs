@@ -6,6 +6,7 @@ mod check;
 mod convert;
 mod diff;
 mod fuse;
+mod gguf_out;
 mod inspect;
 mod output;
 mod safe_lora;

@@ -105,6 +105,22 @@ pub fn report_error(e: &anyhow::Error) -> i32 {
     EXIT_INTERNAL
 }
 
+/// A `(done, total)` progress callback that drives `bar`.
+pub fn progress_of(bar: &ProgressBar) -> impl Fn(usize, usize) + Sync + '_ {
+    move |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    }
+}
+
+/// Write `value` as pretty JSON with a final newline, atomically.
+pub fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let mut s = serde_json::to_string_pretty(value)?;
+    s.push('\n');
+    loraguard::atomic::write_atomic(path, s.as_bytes())?;
+    Ok(())
+}
+
 /// Write `text` to stdout; a closed pipe is not an error.
 pub fn print_stdout(text: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();

@@ -3,13 +3,10 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use loraguard::atomic::write_atomic;
-use loraguard::convert::{ConvertOptions, OutType};
-use loraguard::linalg::truncate::Truncation;
 use loraguard::safelora::{safe_lora, Projection, SafeLoraOptions, Selection};
 
-use super::convert::{parse_energy, parse_outtype};
-use super::output::{Ui, EXIT_OK};
+use super::gguf_out::GgufOutArgs;
+use super::output::{progress_of, write_json, Ui, EXIT_OK};
 
 #[derive(Debug, Args)]
 pub struct SafeLoraArgs {
@@ -42,15 +39,8 @@ pub struct SafeLoraArgs {
     /// Output: a PEFT adapter directory, or a GGUF LoRA (a name ending in .gguf).
     #[arg(short, long, value_name = "OUT")]
     pub output: PathBuf,
-    /// Tensor type of a GGUF output (as in convert).
-    #[arg(long, default_value = "auto", value_parser = parse_outtype)]
-    pub outtype: OutType,
-    /// GGUF output: re-factor to at most this rank (as in convert).
-    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_rank: Option<u32>,
-    /// GGUF output: re-factor keeping this fraction of energy (as in convert).
-    #[arg(long, value_name = "E", value_parser = parse_energy)]
-    pub energy: Option<f64>,
+    #[command(flatten)]
+    pub out: GgufOutArgs,
     /// Seed of the randomized SVD for --exact-projection on dense weights.
     #[arg(long, default_value_t = 0, value_name = "S")]
     pub seed: u64,
@@ -71,10 +61,6 @@ pub fn run(args: SafeLoraArgs, ui: &Ui) -> anyhow::Result<i32> {
         .map(regex::Regex::new)
         .transpose()
         .map_err(|e| loraguard::Error::Usage(format!("--modules: {e}")))?;
-    let truncation = (args.max_rank.is_some() || args.energy.is_some()).then_some(Truncation {
-        max_rank: args.max_rank.map(|k| k as usize),
-        energy: args.energy,
-    });
     let opts = SafeLoraOptions {
         base: args.base,
         aligned: args.aligned,
@@ -84,23 +70,15 @@ pub fn run(args: SafeLoraArgs, ui: &Ui) -> anyhow::Result<i32> {
             .map_or(Projection::Paper, |k| Projection::Exact(k as usize)),
         modules,
         seed: args.seed,
-        convert: ConvertOptions {
-            truncation,
-            ..ConvertOptions::new(args.outtype)
-        },
+        convert: args.out.convert_options(),
     };
     let bar = ui.bar("safe-lora");
-    let progress = |done: usize, total: usize| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    };
+    let progress = progress_of(&bar);
     let report = safe_lora(&args.adapter, &args.output, &opts, &progress);
     bar.finish_and_clear();
     let report = report?;
     if let Some(p) = &args.report {
-        let mut s = serde_json::to_string_pretty(&report)?;
-        s.push('\n');
-        write_atomic(p, s.as_bytes())?;
+        write_json(p, &report)?;
     }
     for w in &report.warnings {
         ui.say(&format!("warning: {w}"));

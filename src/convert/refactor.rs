@@ -14,7 +14,7 @@ use super::plan::{Plan, Target};
 use crate::error::{Error, Result};
 use crate::gguf::GgmlType;
 use crate::linalg::truncate::{balanced, tail_error, Truncation};
-use crate::linalg::LowRank;
+use crate::linalg::{f64_matrix, LowRank};
 use crate::peft::{PairKind, PeftAdapter};
 use crate::quant::decode;
 
@@ -35,11 +35,6 @@ pub struct ModuleStats {
     pub written_error: Option<f64>,
 }
 
-fn f64_matrix(rows: usize, cols: usize, data: Vec<f32>) -> Array2<f64> {
-    Array2::from_shape_vec((rows, cols), data.into_iter().map(f64::from).collect())
-        .expect("decoded sizes follow the target's shape")
-}
-
 /// Decode a target's encoded `lora_a` and `lora_b` into the ΔW llama.cpp
 /// applies: (alpha / rank)·B·A with B d_out×rank and A rank×d_in.
 fn decode_pair(
@@ -54,12 +49,12 @@ fn decode_pair(
     let a = decode(ty_a, a).ok_or_else(|| undecodable(ty_a))?;
     let b = decode(ty_b, b).ok_or_else(|| undecodable(ty_b))?;
     let a = match t.kind {
-        PairKind::Linear => f64_matrix(rank, t.d_in, a),
+        PairKind::Linear => f64_matrix(rank, t.d_in, &a),
         // Stored as Aᵀ (one row per token).
-        PairKind::Embedding => f64_matrix(t.d_in, rank, a).reversed_axes(),
+        PairKind::Embedding => f64_matrix(t.d_in, rank, &a).reversed_axes(),
     };
     Ok(LowRank::new(
-        f64_matrix(t.d_out, rank, b),
+        f64_matrix(t.d_out, rank, &b),
         a.as_standard_layout().to_owned(),
         f64::from(alpha) / rank as f64,
     ))

@@ -28,7 +28,7 @@ fn shapes(t: &Target, rank: usize) -> ([u64; 2], [u64; 2]) {
 
 /// The type each tensor is written in: Q8_0 needs rows that are whole
 /// 32-element blocks, otherwise that tensor falls back to F16.
-fn tensor_type(requested: GgmlType, ne0: u64) -> (GgmlType, Option<String>) {
+pub(crate) fn tensor_type(requested: GgmlType, ne0: u64) -> (GgmlType, Option<String>) {
     if requested == GgmlType::Q8_0 && ne0 % 32 != 0 {
         (
             GgmlType::F16,

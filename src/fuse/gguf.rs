@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use super::{fuse_module, FuseInput, FuseOptions, FuseReport, MergeParams, ModuleFuse, Term};
 use crate::analyze::source::AdapterSource;
 use crate::atomic::AtomicFile;
-use crate::convert::OutType;
+use crate::convert::{tensor_type, OutType};
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufFile, GgufWriter, MetaValue, TensorDesc};
 use crate::quant::{encode_into, fits_f16};
@@ -23,10 +23,7 @@ const ALPHA: f32 = 1.0;
 /// The type one tensor is written in, and its bytes.
 fn encode(requested: GgmlType, m: &Array2<f64>) -> (GgmlType, Vec<u8>) {
     let data: Vec<f32> = m.iter().map(|x| *x as f32).collect();
-    let mut ty = requested;
-    if ty == GgmlType::Q8_0 && m.ncols() % 32 != 0 {
-        ty = GgmlType::F16;
-    }
+    let (mut ty, _) = tensor_type(requested, m.ncols() as u64);
     if ty == GgmlType::F16 && !fits_f16(&data) {
         ty = GgmlType::F32;
     }

@@ -154,14 +154,6 @@ struct Source<'a> {
     terms: Vec<(&'a PeftAdapter, &'a crate::peft::LoraPair, f64)>,
 }
 
-fn f64s(m: crate::matrix::Matrix) -> Array2<f64> {
-    Array2::from_shape_vec(
-        (m.rows, m.cols),
-        m.data.into_iter().map(f64::from).collect(),
-    )
-    .expect("sizes checked")
-}
-
 /// The PEFT config of the fused adapter: scaling 1 everywhere (alpha = rank
 /// per module), the commonest rank as `r`, the others in the patterns.
 fn config(first: &PeftAdapter, ranks: &BTreeMap<String, usize>, method: Method) -> Vec<u8> {
@@ -345,8 +337,8 @@ pub fn fuse(
                 .iter()
                 .map(|(a, p, w)| {
                     Ok(Term {
-                        b: f64s(a.matrix(&p.b)?),
-                        a: f64s(a.matrix(&p.a)?),
+                        b: a.matrix(&p.b)?.to_f64(),
+                        a: a.matrix(&p.a)?.to_f64(),
                         scale: p.scale.scale,
                         weight: *w,
                     })

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 
 use ndarray::Array2;
 
-use super::weights::{read_at, GgufPlace};
+use super::weights::{read_tensor_f32, GgufPlace};
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
+use crate::linalg::f64_matrix;
 use crate::peft::{PairKind, PeftAdapter};
 
 /// One module of the adapter.
@@ -43,11 +44,6 @@ pub enum Input {
     Gguf(GgufLora),
 }
 
-fn f64s(rows: usize, cols: usize, data: Vec<f32>) -> Array2<f64> {
-    Array2::from_shape_vec((rows, cols), data.into_iter().map(f64::from).collect())
-        .expect("sizes checked")
-}
-
 impl GgufLora {
     pub fn open(path: &Path) -> Result<Self> {
         let file = GgufFile::open(path)?;
@@ -65,10 +61,7 @@ impl GgufLora {
         let t = self.file.tensor(name).ok_or_else(|| {
             Error::malformed(&self.file.path, "GGUF LoRA", format!("{name} is missing"))
         })?;
-        let bytes = read_at(&self.reader, &self.file.path, t.offset, t.size)?;
-        let n: u64 = t.ne.iter().product();
-        let data = loraguard_llama::ggml::dequantize(t.ty.id(), &bytes, n as usize)?;
-        Ok((t.ne.clone(), data))
+        Ok((t.ne.clone(), read_tensor_f32(&self.file, &self.reader, t)?))
     }
 
     /// Every lora_a/lora_b pair as a module in GGUF layout.
@@ -180,13 +173,13 @@ impl Input {
                     .find(|x| x.module == m.name)
                     .ok_or_else(|| Error::Internal(format!("no pair {}", m.name)))?;
                 let (a, b) = (p.matrix(&pair.a)?, p.matrix(&pair.b)?);
-                Ok((f64s(b.rows, b.cols, b.data), f64s(a.rows, a.cols, a.data)))
+                Ok((b.to_f64(), a.to_f64()))
             }
             Input::Gguf(g) => {
                 let (nb, b) = g.tensor_f32(&m.b_tensor)?;
                 let (na, a) = g.tensor_f32(&format!("{}.lora_a", m.name))?;
-                let b = f64s(nb[1] as usize, nb[0] as usize, b);
-                let a = f64s(na[1] as usize, na[0] as usize, a);
+                let b = f64_matrix(nb[1] as usize, nb[0] as usize, &b);
+                let a = f64_matrix(na[1] as usize, na[0] as usize, &a);
                 let a = match m.kind {
                     PairKind::Linear => a,
                     PairKind::Embedding => a.reversed_axes().as_standard_layout().to_owned(),

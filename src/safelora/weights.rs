@@ -21,7 +21,7 @@ use ndarray::Array2;
 use crate::arch::permuted_source_row;
 use crate::capped::read_text;
 use crate::error::{Error, Result};
-use crate::gguf::{GgmlType, GgufFile};
+use crate::gguf::{GgmlType, GgufFile, GgufTensor};
 use crate::linalg::LowRank;
 use crate::matrix::{decode_into, SourceDtype};
 use crate::peft::{PairKind, PeftAdapter};
@@ -164,6 +164,18 @@ fn apply(op: Op, dtype: SourceDtype, bytes: &[u8], v: &mut [f32]) {
             }
         }
     }
+}
+
+/// A GGUF tensor (any ggml type) decoded to f32 by ggml, read from `reader`.
+/// `GgufFile::open` has checked that it lies inside the file.
+pub(super) fn read_tensor_f32(file: &GgufFile, reader: &File, t: &GgufTensor) -> Result<Vec<f32>> {
+    let bytes = read_at(reader, &file.path, t.offset, t.size)?;
+    let n: u64 = t.ne.iter().product();
+    Ok(loraguard_llama::ggml::dequantize(
+        t.ty.id(),
+        &bytes,
+        n as usize,
+    )?)
 }
 
 fn open_file(path: &Path) -> Result<File> {
@@ -442,19 +454,8 @@ impl Weights {
                         reason: format!("expected a matrix, found ne {:?}", t.ne),
                     });
                 };
-                if t.offset
-                    .checked_add(t.size)
-                    .is_none_or(|e| e > file.file_size)
-                {
-                    return Err(Error::malformed(
-                        &file.path,
-                        "GGUF",
-                        format!("tensor {} lies outside the file", t.name),
-                    ));
-                }
                 let (cols, rows) = (ne0 as usize, ne1 as usize);
-                let bytes = read_at(reader, &file.path, t.offset, t.size)?;
-                let all = loraguard_llama::ggml::dequantize(t.ty.id(), &bytes, rows * cols)?;
+                let all = read_tensor_f32(file, reader, t)?;
                 let all = Array2::from_shape_vec((rows, cols), all).expect("size checked");
                 if kind == PairKind::Embedding {
                     Some(all)
@@ -545,13 +546,6 @@ impl Weights {
             return Ok(None);
         };
         let (a, b) = (p.matrix(&pair.a)?, p.matrix(&pair.b)?);
-        let f = |m: crate::matrix::Matrix| {
-            Array2::from_shape_vec(
-                (m.rows, m.cols),
-                m.data.into_iter().map(f64::from).collect(),
-            )
-            .expect("sizes checked")
-        };
-        Ok(Some(LowRank::new(f(b), f(a), pair.scale.scale)))
+        Ok(Some(LowRank::new(b.to_f64(), a.to_f64(), pair.scale.scale)))
     }
 }
