@@ -452,3 +452,89 @@ fn gguf_and_peft_inputs_fuse_in_gguf_layout() {
         .to_string();
     assert!(e.contains("--base"), "{e}");
 }
+
+#[test]
+fn fuse_refusals_say_why_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (plain_gguf, _) = convert_to(
+        &tiny_adapter("plain"),
+        &tiny_base(),
+        dir.path(),
+        OutType::F32,
+    );
+    let peft = [input("plain", 0.6), input("gqa-k-only", 0.4)];
+    let mixed = [
+        FuseInput {
+            path: plain_gguf,
+            weight: 0.6,
+        },
+        input("gqa-k-only", 0.4),
+    ];
+    let opts = |method, density, base: Option<PathBuf>, truncation| FuseOptions {
+        method,
+        rank: None,
+        density,
+        seed: 0,
+        base,
+        convert: ConvertOptions {
+            truncation,
+            ..ConvertOptions::new(OutType::F32)
+        },
+    };
+    let refactor = Some(loraguard::linalg::truncate::Truncation {
+        max_rank: Some(2),
+        energy: None,
+    });
+    let cases: Vec<(&[FuseInput], &str, FuseOptions, &str)> = vec![
+        (
+            &peft[..1],
+            "one",
+            opts(Method::Cat, None, None, None),
+            "at least two",
+        ),
+        (
+            &peft,
+            "ties",
+            opts(Method::Ties, None, None, None),
+            "needs --density",
+        ),
+        (
+            &peft,
+            "dense",
+            opts(Method::Ties, Some(1.5), None, None),
+            "(0, 1]",
+        ),
+        (
+            &peft,
+            "nobase.gguf",
+            opts(Method::Cat, None, None, None),
+            "--base",
+        ),
+        (
+            &mixed,
+            "nobase2.gguf",
+            opts(Method::Cat, None, None, None),
+            "--base",
+        ),
+        (
+            &mixed,
+            "dir",
+            opts(Method::Cat, None, Some(tiny_base()), None),
+            "name a .gguf output",
+        ),
+        (
+            &mixed,
+            "refactor.gguf",
+            opts(Method::Cat, None, Some(tiny_base()), refactor),
+            "--method svd --rank",
+        ),
+    ];
+    for (inputs, out, o, why) in cases {
+        let path = dir.path().join(out);
+        let e = fuse(inputs, &path, &o, &|_, _| {}).unwrap_err();
+        assert!(e.is_bad_input(), "{out}: {e}");
+        assert!(e.to_string().contains(why), "{out}: {e}");
+        assert!(!path.exists(), "{out} written");
+    }
+    assert!(FuseInput::parse("a:inf").is_err() && FuseInput::parse("a:NaN").is_err());
+}

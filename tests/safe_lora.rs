@@ -271,6 +271,7 @@ fn bad_inputs_are_refused_with_reasons_and_no_output() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("needs a GGUF model"), "{e}");
+    assert!(!dir.path().join("x.gguf").exists());
 }
 
 #[test]
@@ -423,4 +424,5 @@ fn a_gguf_lora_input_gives_what_its_peft_source_gives() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("written back as a GGUF LoRA"), "{e}");
+    assert!(!dir.path().join("x.gguf").exists() && !dir.path().join("dir").exists());
 }
