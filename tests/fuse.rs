@@ -212,7 +212,8 @@ fn fuse_cli_exit_codes() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("fused 2 adapters (cat) over 14 modules"));
     for (args, why) in [
         (vec!["--method", "ties"], "needs --density"),
-        (vec!["--method", "ties_svd"], "unknown method"),
+        (vec!["--method", "ties_svd"], "ties_svd needs --density"),
+        (vec!["--method", "svd_ties"], "unknown method"),
         (vec!["--method", "cat", "-o", "x.gguf"], "--base"),
     ] {
         let o = std::process::Command::new(bin)
@@ -303,6 +304,127 @@ fn cat_linear_ties_and_magnitude_prune_match_peft_and_svd_fixes_its_double_scali
             "{m}: ours should differ from PEFT's double scaling"
         );
     }
+}
+
+#[test]
+fn dense_svd_merges_match_peft_without_its_double_scaling() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(root().join("fixtures/fuse/expected.safetensors")).unwrap();
+    let golden = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let inputs = [
+        input("plain", 0.6),
+        FuseInput {
+            path: root().join("fixtures/fuse/plain-b"),
+            weight: 0.4,
+        },
+    ];
+    let go = |method: Method, density: f64, seed: u64, name: &str| {
+        let out = dir.path().join(name);
+        let opts = FuseOptions {
+            method,
+            rank: Some(8),
+            density: Some(density),
+            seed,
+            base: None,
+            convert: ConvertOptions::new(OutType::F32),
+        };
+        let report = fuse(&inputs, &out, &opts, &|_, _| {}).unwrap();
+        assert!(report.modules.iter().all(|m| m.rank == 8), "{name}");
+        updates(&out)
+    };
+    // PEFT prunes wᵢ·sᵢ·(sᵢ·Bᵢ·Aᵢ): with both scalings 2 (alpha 16, r 8)
+    // magnitude pruning and sign election are unchanged and its result is
+    // exactly twice the intended one.
+    for method in [Method::TiesSvd, Method::MagnitudePruneSvd] {
+        let ours = go(method, 0.5, 0, method.name());
+        assert_eq!(ours.len(), 14);
+        for (m, x) in &ours {
+            let peft = peft_update(&golden, method.name(), m);
+            let e = rel(&(x * 2.0), &peft);
+            assert!(e < 1e-4, "{} {m}: {e:e}", method.name());
+        }
+    }
+    // Without pruning, the dense merges are the truncated exact sum (svd).
+    let same = |x: &[(String, Array2<f64>)], y: &[(String, Array2<f64>)]| {
+        x.len() == y.len() && x.iter().zip(y).all(|((_, a), (_, b))| rel(a, b) < 1e-9)
+    };
+    let svd = {
+        let out = dir.path().join("svd");
+        run(&inputs, &out, Method::Svd, Some(8));
+        updates(&out)
+    };
+    assert!(same(&go(Method::DareLinearSvd, 1.0, 0, "dl1"), &svd));
+    assert!(same(
+        &go(Method::DareTiesSvd, 1.0, 0, "dt1"),
+        &go(Method::TiesSvd, 1.0, 0, "t1")
+    ));
+    let (a, b, c) = (
+        go(Method::DareTiesSvd, 0.5, 3, "a"),
+        go(Method::DareTiesSvd, 0.5, 3, "b"),
+        go(Method::DareTiesSvd, 0.5, 4, "c"),
+    );
+    assert!(same(&a, &b), "seeded");
+    assert!(!same(&a, &c), "the seed matters");
+}
+
+#[test]
+fn cat_of_rslora_adapters_is_scaled_once_unlike_peft_which_inherits_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(root().join("fixtures/fuse/expected.safetensors")).unwrap();
+    let golden = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root().join("fixtures/fuse/expected.json")).unwrap())
+            .unwrap();
+    let inputs = [
+        FuseInput {
+            path: root().join("fixtures/fuse/rslora-a"),
+            weight: 0.6,
+        },
+        FuseInput {
+            path: root().join("fixtures/fuse/rslora-b"),
+            weight: 0.4,
+        },
+    ];
+    let out = dir.path().join("cat");
+    run(&inputs, &out, Method::Cat, None);
+    // rsLoRA r 4, alpha 8: each input's scaling is 8/√4 = 4, computed here
+    // from the factors, not through loraguard's own config reading.
+    let mut want = std::collections::BTreeMap::new();
+    for i in &inputs {
+        let a = PeftAdapter::open(&i.path).unwrap();
+        for p in &a.pairs {
+            let f = |t: &loraguard::peft::TensorSpan| {
+                let m = a.matrix(t).unwrap();
+                Array2::from_shape_vec(
+                    (m.rows, m.cols),
+                    m.data.iter().map(|x| f64::from(*x)).collect(),
+                )
+                .unwrap()
+            };
+            let d = f(&p.b).dot(&f(&p.a)) * (4.0 * i.weight);
+            let e = want
+                .entry(p.module.clone())
+                .or_insert_with(|| Array2::zeros(d.dim()));
+            *e = &*e + &d;
+        }
+    }
+    let peft_scaling = info["rslora_cat_scaling"].as_f64().unwrap();
+    assert!(
+        (peft_scaling - 8f64.sqrt()).abs() < 1e-12,
+        "PEFT scales the fused adapter by √8"
+    );
+    let ours = updates(&out);
+    assert_eq!(ours.len(), 4);
+    for (m, x) in &ours {
+        assert!(rel(x, &want[m]) < 1e-6, "{m}");
+        // PEFT's factors hold the intended sum, but it applies them √8 times.
+        let peft = peft_update(&golden, "rslora_cat", m);
+        assert!(rel(&peft, &want[m]) < 1e-6, "{m}");
+        assert!(rel(&(peft * peft_scaling), &want[m]) > 1.5, "{m}");
+    }
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["use_rslora"], serde_json::Value::Bool(false));
 }
 
 #[test]

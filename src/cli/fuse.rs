@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use loraguard::fuse::{fuse, FuseInput, FuseOptions, Method};
+use loraguard::fuse::{fuse, FuseInput, FuseOptions, Method, METHODS};
 
 use super::gguf_out::GgufOutArgs;
 use super::output::{progress_of, write_json, Ui, EXIT_OK};
@@ -14,15 +14,16 @@ pub struct FuseArgs {
     #[arg(required = true, num_args = 2.., value_name = "ADAPTER[:W]")]
     pub adapters: Vec<String>,
     /// cat (exact weighted sum, ranks add up), svd (the sum truncated to
-    /// --rank), or PEFT's per-factor merges (equal ranks; not the weighted
+    /// --rank), PEFT's per-factor merges (equal ranks; not the weighted
     /// sum, the report says by how much): linear, ties, dare_linear,
-    /// dare_ties, magnitude_prune.
+    /// dare_ties, magnitude_prune, or PEFT's dense merges truncated to
+    /// --rank: ties_svd, dare_linear_svd, dare_ties_svd, magnitude_prune_svd.
     #[arg(long, value_parser = parse_method, value_name = "METHOD")]
     pub method: Method,
-    /// svd: the rank kept (default: the largest input rank).
+    /// svd and *_svd: the rank kept (default: the largest input rank).
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
     pub rank: Option<u32>,
-    /// ties, dare_*, magnitude_prune: the fraction of entries kept, in (0, 1].
+    /// ties*, dare_*, magnitude_prune*: the fraction of entries kept, in (0, 1].
     #[arg(long, value_name = "D")]
     pub density: Option<f64>,
     /// dare_*: the seed of the random masks.
@@ -43,7 +44,8 @@ pub struct FuseArgs {
 
 fn parse_method(s: &str) -> Result<Method, String> {
     Method::parse(s).ok_or_else(|| {
-        format!("unknown method {s:?}; expected cat, svd, linear, ties, dare_linear, dare_ties or magnitude_prune (the *_svd variants, which need dense ΔW, are not implemented)")
+        let names: Vec<&str> = METHODS.iter().map(|m| m.name()).collect();
+        format!("unknown method {s:?}; expected one of {}", names.join(", "))
     })
 }
 

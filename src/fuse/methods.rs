@@ -5,6 +5,7 @@ use ndarray::{concatenate, Array2, Axis};
 use super::prune::{self, tensor_seed, Merge};
 use super::Method;
 use crate::error::Result;
+use crate::linalg::rsvd::{randomized_svd, RsvdOptions};
 use crate::linalg::truncate::{balanced, tail_error};
 use crate::linalg::LowRank;
 
@@ -107,19 +108,9 @@ pub fn fuse_module(terms: &[Term], method: Method, module: &str, p: &MergeParams
                 relative_error: tail_error(svd.s.as_slice().expect("contiguous"), k),
             })
         }
-        Method::Linear
-        | Method::Ties
-        | Method::DareLinear
-        | Method::DareTies
-        | Method::MagnitudePrune => {
-            let merge = match method {
-                Method::Ties => Some(Merge::Ties),
-                Method::DareLinear => Some(Merge::DareLinear),
-                Method::DareTies => Some(Merge::DareTies),
-                Method::MagnitudePrune => Some(Merge::MagnitudePrune),
-                _ => None,
-            };
-            let fused = per_factor(terms, merge, module, p);
+        m if m.dense() => dense(terms, m.merge(), module, p),
+        _ => {
+            let fused = per_factor(terms, method.merge(), module, p);
             let relative_error = rel(&fused)?;
             Ok(Fused {
                 b: fused.b,
@@ -129,6 +120,57 @@ pub fn fuse_module(terms: &[Term], method: Method, module: &str, p: &MergeParams
             })
         }
     }
+}
+
+/// Above this many rows and columns, the dense merges truncate by randomized
+/// SVD (a dense SVD of a 4096×14336 update takes minutes).
+const EXACT_SVD_MAX: usize = 2048;
+
+/// PEFT's `*_svd` merges: Mᵢ = sᵢ·Bᵢ·Aᵢ dense, pruned and merged entry-wise
+/// with the weights wᵢ, then truncated to rank K.
+fn dense(terms: &[Term], merge: Option<Merge>, module: &str, p: &MergeParams) -> Result<Fused> {
+    let updates: Vec<Array2<f64>> = terms.iter().map(|t| t.b.dot(&t.a) * t.scale).collect();
+    let weights: Vec<f64> = terms.iter().map(|t| t.weight).collect();
+    let exact = updates
+        .iter()
+        .zip(&weights)
+        .fold(Array2::zeros(updates[0].dim()), |acc, (u, w)| acc + u * *w);
+    let merged = match merge {
+        None => exact.clone(),
+        Some(m) => {
+            let seeds: Vec<u64> = (0..updates.len())
+                .map(|i| tensor_seed(p.seed, module, b'W', i))
+                .collect();
+            prune::merge(&updates, &weights, m, p.density, &seeds)
+        }
+    };
+    drop(updates);
+    let (rows, cols) = merged.dim();
+    let k = p.rank.min(rows).min(cols).max(1);
+    let svd = if rows.min(cols) <= EXACT_SVD_MAX {
+        crate::linalg::lowrank::dense_svd(&merged)?
+    } else {
+        let mut opts = RsvdOptions::new(k, tensor_seed(p.seed, module, b'S', 0));
+        opts.power_iters = 4;
+        randomized_svd(merged.mapv(|x| x as f32).view(), &opts)?
+    };
+    let (b, a) = balanced(&svd, k.min(svd.s.len()), 1.0);
+    let exact_norm = exact.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let diff = (b.dot(&a) - &exact)
+        .iter()
+        .map(|x| x * x)
+        .sum::<f64>()
+        .sqrt();
+    Ok(Fused {
+        b,
+        a,
+        exact_norm,
+        relative_error: if exact_norm > 0.0 {
+            diff / exact_norm
+        } else {
+            diff
+        },
+    })
 }
 
 #[cfg(test)]

@@ -11,7 +11,13 @@
 //!   is not the weighted sum; the report gives that error per module.
 //!
 //! - `ties`, `dare_linear`, `dare_ties`, `magnitude_prune`: PEFT's
-//!   per-factor merges (see [`Merge`]).
+//!   per-factor merges (see [`Merge`]);
+//! - `ties_svd`, `dare_linear_svd`, `dare_ties_svd`, `magnitude_prune_svd`:
+//!   PEFT's dense merges. Pruning is entry-wise on each input's update
+//!   sᵢ·Bᵢ·Aᵢ, which is full-rank once pruned, so these form each module's
+//!   ΔWᵢ (one module at a time), merge them with [`Merge`] and truncate the
+//!   result to rank K by SVD (exact up to 2048 rows or columns, randomized
+//!   above). Unlike PEFT, the scaling is applied once.
 //!
 //! A module present in only some adapters counts as a zero update in the
 //! others. Inputs are PEFT adapters for the same base, written as a PEFT
@@ -46,20 +52,30 @@ pub enum Method {
     DareLinear,
     DareTies,
     MagnitudePrune,
+    TiesSvd,
+    DareLinearSvd,
+    DareTiesSvd,
+    MagnitudePruneSvd,
 }
+
+/// Every method, by its PEFT name.
+pub const METHODS: [Method; 11] = [
+    Method::Cat,
+    Method::Linear,
+    Method::Svd,
+    Method::Ties,
+    Method::DareLinear,
+    Method::DareTies,
+    Method::MagnitudePrune,
+    Method::TiesSvd,
+    Method::DareLinearSvd,
+    Method::DareTiesSvd,
+    Method::MagnitudePruneSvd,
+];
 
 impl Method {
     pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "cat" => Method::Cat,
-            "linear" => Method::Linear,
-            "svd" => Method::Svd,
-            "ties" => Method::Ties,
-            "dare_linear" => Method::DareLinear,
-            "dare_ties" => Method::DareTies,
-            "magnitude_prune" => Method::MagnitudePrune,
-            _ => return None,
-        })
+        METHODS.into_iter().find(|m| m.name() == s)
     }
 
     pub fn name(self) -> &'static str {
@@ -71,20 +87,50 @@ impl Method {
             Method::DareLinear => "dare_linear",
             Method::DareTies => "dare_ties",
             Method::MagnitudePrune => "magnitude_prune",
+            Method::TiesSvd => "ties_svd",
+            Method::DareLinearSvd => "dare_linear_svd",
+            Method::DareTiesSvd => "dare_ties_svd",
+            Method::MagnitudePruneSvd => "magnitude_prune_svd",
         }
     }
 
     /// Methods that combine A and B separately, like PEFT (equal ranks).
     pub fn per_factor(self) -> bool {
-        !matches!(self, Method::Cat | Method::Svd)
+        matches!(
+            self,
+            Method::Linear
+                | Method::Ties
+                | Method::DareLinear
+                | Method::DareTies
+                | Method::MagnitudePrune
+        )
+    }
+
+    /// The `*_svd` methods: prune each input's dense ΔW, merge, truncate.
+    pub fn dense(self) -> bool {
+        matches!(
+            self,
+            Method::TiesSvd
+                | Method::DareLinearSvd
+                | Method::DareTiesSvd
+                | Method::MagnitudePruneSvd
+        )
+    }
+
+    /// The pruning merge, for the methods that prune.
+    pub fn merge(self) -> Option<Merge> {
+        Some(match self {
+            Method::Ties | Method::TiesSvd => Merge::Ties,
+            Method::DareLinear | Method::DareLinearSvd => Merge::DareLinear,
+            Method::DareTies | Method::DareTiesSvd => Merge::DareTies,
+            Method::MagnitudePrune | Method::MagnitudePruneSvd => Merge::MagnitudePrune,
+            Method::Cat | Method::Linear | Method::Svd => return None,
+        })
     }
 
     /// Methods that prune (need a density).
     pub fn prunes(self) -> bool {
-        matches!(
-            self,
-            Method::Ties | Method::DareLinear | Method::DareTies | Method::MagnitudePrune
-        )
+        self.merge().is_some()
     }
 }
 
@@ -111,7 +157,7 @@ impl FuseInput {
 #[derive(Debug, Clone)]
 pub struct FuseOptions {
     pub method: Method,
-    /// `svd`: the rank kept (default: the largest input rank).
+    /// `svd` and `*_svd`: the rank kept (default: the largest input rank).
     pub rank: Option<usize>,
     /// ties, dare_*, magnitude_prune: the fraction of entries kept.
     pub density: Option<f64>,

@@ -1,7 +1,7 @@
 //! ΔW = s·B·A held as its factors.
 
 use ndarray::{s, Array1, Array2, Axis};
-use ndarray_linalg::{Eigh, QR, SVD, UPLO};
+use ndarray_linalg::{Eigh, JobSvd, QR, SVD, SVDDC, UPLO};
 
 use super::lapack;
 use crate::error::Result;
@@ -43,6 +43,17 @@ pub fn small_svd(m: &Array2<f64>) -> Result<Svd> {
         u: u.slice(s![.., ..k]).to_owned(),
         s,
         vt: vt.slice(s![..k, ..]).to_owned(),
+    })
+}
+
+/// Thin SVD of a dense matrix of any shape, by LAPACK's divide and conquer
+/// (`gesdd`), without the full square factors.
+pub fn dense_svd(m: &Array2<f64>) -> Result<Svd> {
+    let (u, s, vt) = m.svddc(JobSvd::Some).map_err(|e| lapack("SVD", e))?;
+    Ok(Svd {
+        u: u.expect("requested U"),
+        s,
+        vt: vt.expect("requested Vᵀ"),
     })
 }
 
