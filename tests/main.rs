@@ -13,3 +13,4 @@ mod refactor;
 mod refusals;
 mod safe_lora;
 mod smollm2;
+mod suite;

