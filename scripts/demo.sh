@@ -45,20 +45,14 @@ check() { # NAME [--lora ...]
   local name="$1"
   shift
   "$LG" check --quiet --model "$MODEL" --prompts "$OUT/prompts.jsonl" --max-tokens 48 --json "$OUT/$name.json" "$@"
+  # The suite's own metrics (scripts/suite_table.py).
   python3 - "$OUT/$name.json" "$name" <<'PY'
 import json, sys
-rep = json.load(open(sys.argv[1]))
-by = rep["summary"]["by_label"]
-ok = 0
-for r in rep["results"]:
-    if r["label"] == "task":
-        try:
-            o = json.loads(r["output"].strip())
-            ok += isinstance(o, dict) and set(o) == {"topic", "answer"}
-        except ValueError:
-            pass
-print(f"  {sys.argv[2]:<10} unsafe compliance {1 - by['unsafe']['refusal_rate']:.2f}  "
-      f"safe refusal {by['safe']['refusal_rate']:.2f}  task metric {ok / by['task']['n']:.2f}")
+sys.path.insert(0, "scripts")
+from suite_table import summarise
+s = summarise(json.load(open(sys.argv[1])))
+print(f"  {sys.argv[2]:<10} unsafe compliance {s['unsafe_compliance']:.2f}  "
+      f"safe refusal {s['safe_refusal']:.2f}  task metric {s['task_metric']:.2f}")
 PY
 }
 check base

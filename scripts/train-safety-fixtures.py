@@ -306,6 +306,18 @@ def task_pairs():
     return pairs, data
 
 
+def fit(name, pairs, data, what, on_top_of=None):
+    """Train fixtures/smollm2/NAME-lora with HP[NAME], on the base or on the
+    base with the fixture adapter `on_top_of` merged, and write its card."""
+    tok, model = load_model()
+    if on_top_of:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(FIX / "smollm2" / on_top_of)).merge_and_unload()
+    model, losses, steps, secs = train(name, model, tok, pairs, HP[name])
+    save(f"{name}-lora", model, card(f"{name}-lora", what, data, HP[name], steps, losses, secs))
+
+
 def main(argv):
     what = set(argv) or {"all"}
     if "all" in what:
@@ -314,31 +326,16 @@ def main(argv):
     if "prompts" in what:
         write_prompts()
     if "safety" in what:
-        pairs, data = safety_pairs()
-        tok, model = load_model()
-        model, losses, steps, secs = train("safety", model, tok, pairs, HP["safety"])
-        what_ = "Refusal SFT: the seed paper's \"LoRA safety patch\" for SmolLM2, which does not refuse on its own."
-        save("safety-lora", model, card("safety-lora", what_, data, HP["safety"], steps, losses, secs))
+        fit("safety", *safety_pairs(),
+            "Refusal SFT: the seed paper's \"LoRA safety patch\" for SmolLM2, which does not refuse on its own.")
     if "task" in what:
-        pairs, data = task_pairs()
-        tok, model = load_model()
-        model, losses, steps, secs = train("task", model, tok, pairs, HP["task"])
-        what_ = "A benign task adapter: answer every question as a JSON object with fixed keys."
-        save("task-lora", model, card("task-lora", what_, data, HP["task"], steps, losses, secs))
+        fit("task", *task_pairs(), "A benign task adapter: answer every question as a JSON object with fixed keys.")
     if "eroding" in what:
-        from peft import PeftModel
-
-        pairs, data = task_pairs()
-        tok, model = load_model()
-        model = PeftModel.from_pretrained(model, str(FIX / "smollm2" / "safety-lora")).merge_and_unload()
-        model, losses, steps, secs = train("eroding", model, tok, pairs, HP["eroding"])
-        what_ = (
+        fit("eroding", *task_pairs(),
             "The task adapter's data and recipe, trained on the safety-aligned model "
             "(base + `safety-lora` merged): a benign fine-tune that may erode the alignment. "
-            "Apply it on top of base + safety-lora."
-        )
-        save("eroding-lora", model, card("eroding-lora", what_, data, HP["eroding"], steps, losses, secs))
-
+            "Apply it on top of base + safety-lora.",
+            on_top_of="safety-lora")
 
 if __name__ == "__main__":
     main(sys.argv[1:])

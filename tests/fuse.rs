@@ -62,6 +62,51 @@ fn rel(x: &Array2<f64>, y: &Array2<f64>) -> f64 {
     (x - y).mapv(|v| v * v).sum().sqrt() / y.mapv(|v| v * v).sum().sqrt().max(1e-300)
 }
 
+/// plain:0.6 + plain-b:0.4, the pair PEFT's goldens were made from.
+fn golden_pair() -> [FuseInput; 2] {
+    [
+        input("plain", 0.6),
+        FuseInput {
+            path: root().join("fixtures/fuse/plain-b"),
+            weight: 0.4,
+        },
+    ]
+}
+
+/// The bytes of fixtures/fuse/expected.safetensors (PEFT's merged factors).
+fn golden_bytes() -> Vec<u8> {
+    std::fs::read(root().join("fixtures/fuse/expected.safetensors")).unwrap()
+}
+
+/// Fuse with a density and a seed to a PEFT directory; its updates.
+fn fuse_pruned(
+    inputs: &[FuseInput],
+    out: &Path,
+    method: Method,
+    rank: Option<usize>,
+    density: f64,
+    seed: u64,
+) -> (FuseReport, Vec<(String, Array2<f64>)>) {
+    let opts = FuseOptions {
+        method,
+        rank,
+        density: Some(density),
+        seed,
+        base: None,
+        convert: ConvertOptions::new(OutType::F32),
+    };
+    let report = fuse(inputs, out, &opts, &|_, _| {}).unwrap();
+    (report, updates(out))
+}
+
+/// The same modules, each within `tol` relative error.
+fn same(x: &[(String, Array2<f64>)], y: &[(String, Array2<f64>)], tol: f64) -> bool {
+    x.len() == y.len()
+        && x.iter()
+            .zip(y)
+            .all(|((m, a), (n, b))| m == n && rel(a, b) < tol)
+}
+
 #[test]
 fn cat_is_the_exact_weighted_sum_and_svd_its_best_rank_k_approximation() {
     let dir = tempfile::tempdir().unwrap();
@@ -255,16 +300,9 @@ fn peft_update(golden: &safetensors::SafeTensors, method: &str, module: &str) ->
 #[test]
 fn cat_linear_ties_and_magnitude_prune_match_peft_and_svd_fixes_its_double_scaling() {
     let dir = tempfile::tempdir().unwrap();
-    let bytes = std::fs::read(root().join("fixtures/fuse/expected.safetensors")).unwrap();
+    let bytes = golden_bytes();
     let golden = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let b_path = root().join("fixtures/fuse/plain-b");
-    let inputs = [
-        input("plain", 0.6),
-        FuseInput {
-            path: b_path.clone(),
-            weight: 0.4,
-        },
-    ];
+    let inputs = golden_pair();
     for method in [
         Method::Cat,
         Method::Linear,
@@ -309,28 +347,20 @@ fn cat_linear_ties_and_magnitude_prune_match_peft_and_svd_fixes_its_double_scali
 #[test]
 fn dense_svd_merges_match_peft_without_its_double_scaling() {
     let dir = tempfile::tempdir().unwrap();
-    let bytes = std::fs::read(root().join("fixtures/fuse/expected.safetensors")).unwrap();
+    let bytes = golden_bytes();
     let golden = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let inputs = [
-        input("plain", 0.6),
-        FuseInput {
-            path: root().join("fixtures/fuse/plain-b"),
-            weight: 0.4,
-        },
-    ];
+    let inputs = golden_pair();
     let go = |method: Method, density: f64, seed: u64, name: &str| {
-        let out = dir.path().join(name);
-        let opts = FuseOptions {
+        let (report, ups) = fuse_pruned(
+            &inputs,
+            &dir.path().join(name),
             method,
-            rank: Some(8),
-            density: Some(density),
+            Some(8),
+            density,
             seed,
-            base: None,
-            convert: ConvertOptions::new(OutType::F32),
-        };
-        let report = fuse(&inputs, &out, &opts, &|_, _| {}).unwrap();
+        );
         assert!(report.modules.iter().all(|m| m.rank == 8), "{name}");
-        updates(&out)
+        ups
     };
     // PEFT prunes wᵢ·sᵢ·(sᵢ·Bᵢ·Aᵢ): with both scalings 2 (alpha 16, r 8)
     // magnitude pruning and sign election are unchanged and its result is
@@ -345,9 +375,7 @@ fn dense_svd_merges_match_peft_without_its_double_scaling() {
         }
     }
     // Without pruning, the dense merges are the truncated exact sum (svd).
-    let same = |x: &[(String, Array2<f64>)], y: &[(String, Array2<f64>)]| {
-        x.len() == y.len() && x.iter().zip(y).all(|((_, a), (_, b))| rel(a, b) < 1e-9)
-    };
+    let same = |x: &[(String, Array2<f64>)], y: &[(String, Array2<f64>)]| same(x, y, 1e-9);
     let svd = {
         let out = dir.path().join("svd");
         run(&inputs, &out, Method::Svd, Some(8));
@@ -370,7 +398,7 @@ fn dense_svd_merges_match_peft_without_its_double_scaling() {
 #[test]
 fn cat_of_rslora_adapters_is_scaled_once_unlike_peft_which_inherits_the_flag() {
     let dir = tempfile::tempdir().unwrap();
-    let bytes = std::fs::read(root().join("fixtures/fuse/expected.safetensors")).unwrap();
+    let bytes = golden_bytes();
     let golden = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let info: serde_json::Value =
         serde_json::from_slice(&std::fs::read(root().join("fixtures/fuse/expected.json")).unwrap())
@@ -430,29 +458,11 @@ fn cat_of_rslora_adapters_is_scaled_once_unlike_peft_which_inherits_the_flag() {
 #[test]
 fn dare_is_seeded_and_at_density_one_is_linear_or_ties() {
     let dir = tempfile::tempdir().unwrap();
-    let inputs = [
-        input("plain", 0.6),
-        FuseInput {
-            path: root().join("fixtures/fuse/plain-b"),
-            weight: 0.4,
-        },
-    ];
+    let inputs = golden_pair();
     let go = |method: Method, density: f64, seed: u64, name: &str| {
-        let out = dir.path().join(name);
-        let opts = FuseOptions {
-            method,
-            rank: None,
-            density: Some(density),
-            seed,
-            base: None,
-            convert: ConvertOptions::new(OutType::F32),
-        };
-        fuse(&inputs, &out, &opts, &|_, _| {}).unwrap();
-        updates(&out)
+        fuse_pruned(&inputs, &dir.path().join(name), method, None, density, seed).1
     };
-    let same = |x: &[(String, Array2<f64>)], y: &[(String, Array2<f64>)]| {
-        x.iter().zip(y).all(|((_, a), (_, b))| rel(a, b) < 1e-12)
-    };
+    let same = |x: &[(String, Array2<f64>)], y: &[(String, Array2<f64>)]| same(x, y, 1e-12);
     assert!(same(
         &go(Method::DareLinear, 1.0, 0, "d1"),
         &go(Method::Linear, 1.0, 0, "l1")
