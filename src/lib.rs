@@ -10,6 +10,7 @@
 //! - [`inspect`]: what `loraguard inspect` reports;
 //! - [`analyze`]: what `loraguard analyze` measures;
 //! - [`linalg`]: SVD and subspace measures on low-rank factors;
+//! - [`merge`]: baking adapters into a base GGUF;
 //! - [`check`]: running prompts through llama.cpp and detecting refusals;
 //! - [`atomic`]: atomic output files.
 
@@ -27,6 +28,7 @@ pub mod hash;
 pub mod inspect;
 pub mod linalg;
 pub mod matrix;
+pub mod merge;
 mod mmap;
 pub mod peft;
 pub mod quant;

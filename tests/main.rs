@@ -9,6 +9,7 @@ mod common;
 mod convert_e2e;
 mod fuse;
 mod ggml_parity;
+mod merge;
 mod refactor;
 mod refusals;
 mod safe_lora;

@@ -22,6 +22,37 @@ pub fn type_traits(type_id: u32) -> Option<(u64, u64)> {
     (blck > 0 && size > 0).then_some((blck as u64, size as u64))
 }
 
+/// Can [`quantize`] write type `type_id`? ggml's `ggml_quantize_chunk`
+/// handles floats, legacy quants, K-quants and i-quants; those that need an
+/// importance matrix (IQ1, IQ2_XXS, IQ2_XS) are refused here.
+pub fn can_quantize(type_id: u32) -> bool {
+    use sys::*;
+    let supported = [
+        GGML_TYPE_F32,
+        GGML_TYPE_F16,
+        GGML_TYPE_BF16,
+        GGML_TYPE_Q4_0,
+        GGML_TYPE_Q4_1,
+        GGML_TYPE_Q5_0,
+        GGML_TYPE_Q5_1,
+        GGML_TYPE_Q8_0,
+        GGML_TYPE_Q2_K,
+        GGML_TYPE_Q3_K,
+        GGML_TYPE_Q4_K,
+        GGML_TYPE_Q5_K,
+        GGML_TYPE_Q6_K,
+        GGML_TYPE_IQ3_XXS,
+        GGML_TYPE_IQ3_S,
+        GGML_TYPE_IQ2_S,
+        GGML_TYPE_IQ4_NL,
+        GGML_TYPE_IQ4_XS,
+        GGML_TYPE_TQ1_0,
+        GGML_TYPE_TQ2_0,
+    ];
+    // SAFETY: type_id is one of ggml's types (in the list).
+    supported.contains(&type_id) && !unsafe { sys::ggml_quantize_requires_imatrix(type_id as _) }
+}
+
 /// Quantize `data` (rows of `n_per_row`) to ggml type `type_id` with ggml's
 /// own `ggml_quantize_chunk`.
 pub fn quantize(type_id: u32, data: &[f32], n_per_row: usize) -> Result<Vec<u8>> {

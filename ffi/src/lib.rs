@@ -16,6 +16,7 @@
 mod batch;
 pub mod blas;
 pub mod ggml;
+pub mod gguf_build;
 mod model;
 mod sample;
 mod session;

@@ -8,6 +8,7 @@ mod diff;
 mod fuse;
 mod gguf_out;
 mod inspect;
+mod merge;
 mod output;
 mod safe_lora;
 
@@ -43,6 +44,8 @@ pub enum Command {
     /// Fuse adapters (e.g. a task and a safety adapter) into one: exact cat,
     /// svd to a rank, or PEFT's linear.
     Fuse(fuse::FuseArgs),
+    /// Bake adapters into a base GGUF (W + Σ s·ΔW), requantized with ggml.
+    Merge(merge::MergeArgs),
     /// Run prompts through llama.cpp (with adapters) and measure refusals.
     Check(check::CheckArgs),
     /// Compare two `check --json` reports: refusal flips and rate deltas.
@@ -70,6 +73,7 @@ pub fn run() -> i32 {
         Command::Analyze(args) => analyze::run(args, &ui),
         Command::SafeLora(args) => safe_lora::run(args, &ui),
         Command::Fuse(args) => fuse::run(args, &ui),
+        Command::Merge(args) => merge::run(args, &ui),
         Command::Check(args) => check::run(args, &ui, cli.threads),
         Command::Diff(args) => diff::run(args, &ui),
     };

@@ -89,6 +89,14 @@ impl GgmlType {
         TABLE.iter().find(|r| r.1 == id).map(|r| r.0)
     }
 
+    /// The type named `name` (ggml's name, any case: `q4_k`, `Q8_0`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        TABLE
+            .iter()
+            .find(|r| r.2.eq_ignore_ascii_case(name))
+            .map(|r| r.0)
+    }
+
     /// ggml's numeric id.
     pub fn id(self) -> u32 {
         self.row().1

@@ -1,0 +1,84 @@
+//! `loraguard merge`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use loraguard::merge::{merge, MergeInput, MergeType, MERGE_TYPES};
+
+use super::output::{progress_of, write_json, Ui, EXIT_OK};
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The base model GGUF (any type; for a split model, its first shard).
+    #[arg(long, value_name = "BASE.gguf")]
+    pub model: PathBuf,
+    /// An adapter to bake in, as PATH[:SCALE] (a GGUF LoRA of any type or a
+    /// PEFT directory; scale 1 if omitted). Repeat for several.
+    #[arg(long = "lora", required = true, value_name = "ADAPTER[:S]")]
+    pub loras: Vec<String>,
+    /// The merged model GGUF to write.
+    #[arg(short, long, value_name = "OUT.gguf")]
+    pub output: PathBuf,
+    /// The type of merged tensors: same (each keeps its base type), f32,
+    /// f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k.
+    /// Tensors no adapter touches are copied as they are.
+    #[arg(long = "type", default_value = "same", value_parser = parse_type, value_name = "TYPE")]
+    pub ty: MergeType,
+    /// Write the per-tensor report as JSON here.
+    #[arg(long, value_name = "REPORT.json")]
+    pub report: Option<PathBuf>,
+}
+
+/// Below this fraction of the update kept, warn.
+const LOW_KEPT: f64 = 0.5;
+
+fn parse_type(s: &str) -> Result<MergeType, String> {
+    MergeType::parse(s).ok_or_else(|| {
+        let names: Vec<String> = MERGE_TYPES
+            .iter()
+            .map(|t| t.name().to_lowercase())
+            .collect();
+        format!("unknown type {s:?}; expected same, {}", names.join(", "))
+    })
+}
+
+pub fn run(args: MergeArgs, ui: &Ui) -> anyhow::Result<i32> {
+    let inputs = args
+        .loras
+        .iter()
+        .map(|s| MergeInput::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let bar = ui.bar("merge");
+    let progress = progress_of(&bar);
+    let report = merge(&args.model, &inputs, &args.output, args.ty, &progress);
+    bar.finish_and_clear();
+    let report = report?;
+    if let Some(p) = &args.report {
+        write_json(p, &report)?;
+    }
+    for m in report.merged.iter().filter(|m| m.fallback.is_some()) {
+        ui.say(&format!(
+            "{}: {}",
+            m.tensor,
+            m.fallback.as_deref().unwrap_or_default()
+        ));
+    }
+    ui.say(&format!(
+        "merged {} adapter(s) into {} tensors ({} copied as they were); the written types kept {:.1}% of the update (error {:.1}%); wrote {} ({:.1} MiB)",
+        inputs.len(),
+        report.merged.len(),
+        report.copied,
+        100.0 * report.update_kept,
+        100.0 * report.update_error,
+        report.output.display(),
+        report.output_bytes as f64 / (1u64 << 20) as f64
+    ));
+    if report.update_kept < LOW_KEPT {
+        ui.error(&format!(
+            "warning: rounding to the merged tensors' types lost most of the adapters' update \
+             ({:.0}% kept); the merged model behaves much like the base. Use --type q8_0 or f16.",
+            100.0 * report.update_kept
+        ));
+    }
+    Ok(EXIT_OK)
+}
