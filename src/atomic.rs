@@ -1,5 +1,10 @@
 //! Atomic output files: write a temp file in the target directory, then
 //! rename it over the target. An interrupted run leaves the target untouched.
+//!
+//! Temp files and directories are named `.loraguard-PID-….tmp`. A run killed
+//! outright (SIGKILL, power loss) cannot remove its own, so every run first
+//! removes those in its target directory whose process no longer runs
+//! ([`sweep_stale`]).
 
 use std::fs::File;
 use std::io::{BufWriter, Seek, Write};
@@ -12,6 +17,65 @@ use crate::error::{Error, Result};
 /// Prefix of loraguard's temp files, so stale ones are recognisable.
 pub const TEMP_PREFIX: &str = ".loraguard-";
 
+/// The prefix of this process's temp files: `.loraguard-PID-`.
+fn own_prefix() -> String {
+    format!("{TEMP_PREFIX}{}-", std::process::id())
+}
+
+/// The PID in a loraguard temp file's name, if `name` is one.
+fn temp_owner(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(TEMP_PREFIX)?;
+    if !name.ends_with(".tmp") {
+        return None;
+    }
+    rest.split('-').next()?.parse().ok()
+}
+
+/// Does process `pid` still run? Known only where `/proc` lists processes
+/// (Linux); elsewhere every process is taken to run, so nothing is removed.
+fn process_runs(pid: u32) -> bool {
+    let proc = Path::new("/proc");
+    !proc.join("self").exists() || proc.join(pid.to_string()).exists()
+}
+
+/// Remove the temp files and directories that interrupted loraguard runs
+/// left in `dir`: those whose process (the PID in the name) no longer runs.
+/// Returns what was removed; a file that cannot be removed is left.
+pub fn sweep_stale(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(temp_owner) else {
+            continue;
+        };
+        if pid == std::process::id() || process_runs(pid) {
+            continue;
+        }
+        let path = e.path();
+        let gone = match e.file_type() {
+            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path).is_ok(),
+            Ok(_) => std::fs::remove_file(&path).is_ok(),
+            Err(_) => false,
+        };
+        if gone {
+            tracing::info!("removed {} (left by an interrupted run)", path.display());
+            removed.push(path);
+        }
+    }
+    removed
+}
+
+/// The directory a target is written in.
+fn parent_dir(target: &Path) -> PathBuf {
+    match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
 /// An output file being written. Dropping it without [`AtomicFile::commit`]
 /// deletes the temp file.
 pub struct AtomicFile {
@@ -22,18 +86,17 @@ pub struct AtomicFile {
 impl AtomicFile {
     /// Create a temp file beside `target`.
     pub fn create(target: &Path) -> Result<Self> {
-        let dir = match target.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let dir = parent_dir(target);
         if target.is_dir() {
             return Err(Error::Usage(format!(
                 "output {} is a directory",
                 target.display()
             )));
         }
+        sweep_stale(&dir);
+        let prefix = own_prefix();
         let mut builder = tempfile::Builder::new();
-        builder.prefix(TEMP_PREFIX).suffix(".tmp");
+        builder.prefix(&prefix).suffix(".tmp");
         // A temp file is private (0600); the output is not: it gets the
         // replaced file's mode, or a new file's usual 0666 less the umask.
         #[cfg(unix)]
@@ -73,6 +136,20 @@ impl AtomicFile {
             .map_err(|e| Error::io(&target, e.error))?;
         Ok(())
     }
+}
+
+/// A scratch directory for the intermediate files of an output at `target`
+/// (a PEFT adapter on its way to GGUF): in the target's directory, named
+/// like the temp files, so that one a killed run leaves is swept by the
+/// next. Removed when dropped.
+pub fn scratch_dir(target: &Path) -> Result<tempfile::TempDir> {
+    let dir = parent_dir(target);
+    sweep_stale(&dir);
+    tempfile::Builder::new()
+        .prefix(&own_prefix())
+        .suffix(".tmp")
+        .tempdir_in(&dir)
+        .map_err(|e| Error::io(&dir, e))
 }
 
 /// Write `bytes` to `target` atomically.
@@ -126,14 +203,12 @@ pub fn check_output_dir(out: &Path) -> Result<()> {
 /// be empty. The directory gets the usual mode (0777 less the umask).
 pub fn write_dir_atomic(out: &Path, files: &[(&str, &[u8])]) -> Result<()> {
     check_output_dir(out)?;
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let parent = parent_dir(out);
+    sweep_stale(&parent);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    let tmp = parent.join(format!("{TEMP_PREFIX}{}-{nanos}.tmp", std::process::id()));
+    let tmp = parent.join(format!("{}{nanos}.tmp", own_prefix()));
     std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let mut guard = DirGuard(Some(tmp.clone()));
     for (name, bytes) in files {
@@ -184,6 +259,38 @@ mod tests {
         std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o640)).unwrap();
         write_atomic(&new, b"y").unwrap();
         assert_eq!(mode(&new), 0o640);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn temp_files_of_dead_runs_are_swept_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        // A PID that no longer runs: a child that has exited and been reaped.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let stale_file = dir.path().join(format!("{TEMP_PREFIX}{dead}-abc123.tmp"));
+        let stale_dir = dir.path().join(format!("{TEMP_PREFIX}{dead}-99.tmp"));
+        std::fs::write(&stale_file, b"half").unwrap();
+        std::fs::create_dir(&stale_dir).unwrap();
+        std::fs::write(stale_dir.join("adapter_config.json"), b"{").unwrap();
+        // Ours (this process runs), and files that only look similar.
+        let live = dir.path().join(format!("{}live.tmp", own_prefix()));
+        std::fs::write(&live, b"in progress").unwrap();
+        let others = [
+            ".loraguard-notapid.tmp",
+            "loraguard-1-x.tmp",
+            ".loraguard-1-x.txt",
+        ];
+        for o in others {
+            std::fs::write(dir.path().join(o), b"keep").unwrap();
+        }
+        write_atomic(&dir.path().join("out.gguf"), b"new").unwrap();
+        assert!(!stale_file.exists() && !stale_dir.exists());
+        assert!(live.exists());
+        for o in others {
+            assert!(dir.path().join(o).exists(), "{o}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! - [`base`]: a base model's architecture and hyperparameters;
 //! - [`arch`]: the HF-module → GGUF-tensor table and its transforms;
 //! - [`convert`]: validation, planning and the streaming converter;
-//! - [`quant`]: tensor encoders (F16, BF16, Q8_0);
+//! - [`quant`]: tensor encoders (F16, BF16, Q8_0, and ggml's quantizers for Q4_0 … Q6_K) and the per-tensor type fallback;
 //! - [`inspect`]: what `loraguard inspect` reports;
 //! - [`analyze`]: what `loraguard analyze` measures;
 //! - [`linalg`]: SVD and subspace measures on low-rank factors;

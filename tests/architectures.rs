@@ -14,12 +14,12 @@ use loraguard::quant::decode;
 
 use crate::common::*;
 
-const EMBD: usize = 64;
-const HEADS: usize = 4;
-const KV_HEADS: usize = 2;
-const FFN: usize = 96;
+pub const EMBD: usize = 64;
+pub const HEADS: usize = 4;
+pub const KV_HEADS: usize = 2;
+pub const FFN: usize = 96;
 const HEAD_DIM: usize = EMBD / HEADS;
-const KV: usize = KV_HEADS * HEAD_DIM;
+pub const KV: usize = KV_HEADS * HEAD_DIM;
 
 /// `(tensor, d_in, d_out)` of the base, per architecture (one layer).
 fn base_tensors(arch: &str) -> Vec<(&'static str, usize, usize)> {
@@ -43,7 +43,7 @@ fn base_tensors(arch: &str) -> Vec<(&'static str, usize, usize)> {
     }
 }
 
-fn write_base(arch: &str, path: &Path) {
+pub fn write_base(arch: &str, path: &Path) {
     let meta = vec![
         (
             "general.architecture".to_string(),
@@ -161,7 +161,7 @@ fn peft_delta(m: &str, k: usize) -> Matrix {
 
 /// `convert_hf_to_gguf.py`'s permute, written independently: row
 /// `h·hd + 2j + i` of the result is row `h·hd + i·hd/2 + j` of the input.
-fn permute(m: &Matrix, heads: usize) -> Matrix {
+pub fn permute(m: &Matrix, heads: usize) -> Matrix {
     let hd = m.rows / heads;
     let mut out = m.clone();
     for dst in 0..m.rows {
@@ -182,7 +182,7 @@ fn vstack(ms: &[Matrix]) -> Matrix {
 }
 
 /// The ΔW llama.cpp applies for `tensor` in the written file.
-fn llama_delta(g: &GgufFile, bytes: &[u8], tensor: &str) -> Matrix {
+pub fn llama_delta(g: &GgufFile, bytes: &[u8], tensor: &str) -> Matrix {
     let read = |name: &str| {
         let t = g.tensor(name).unwrap();
         let data = decode(

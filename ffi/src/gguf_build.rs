@@ -144,27 +144,6 @@ impl GgufHeader {
         unsafe { sys::gguf_get_alignment(self.out) as u64 }
     }
 
-    /// Does the header have metadata key `key`?
-    pub fn has_key(&self, key: &str) -> Result<bool> {
-        let k = cstr(key)?;
-        // SAFETY: out is valid; k outlives the call.
-        Ok(unsafe { sys::gguf_find_key(self.out, k.as_ptr()) } >= 0)
-    }
-
-    /// Every metadata key, in order.
-    pub fn keys(&self) -> Vec<String> {
-        // SAFETY: out is valid.
-        let n = unsafe { sys::gguf_get_n_kv(self.out) };
-        (0..n)
-            .map(|i| {
-                // SAFETY: i < n_kv; the key is owned by out.
-                unsafe { CStr::from_ptr(sys::gguf_get_key(self.out, i)) }
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .collect()
-    }
-
     /// Remove a metadata key (a no-op if absent).
     pub fn remove_key(&mut self, key: &str) -> Result<()> {
         let k = cstr(key)?;
@@ -178,14 +157,6 @@ impl GgufHeader {
         let (k, v) = (cstr(key)?, cstr(value)?);
         // SAFETY: out is valid; ggml copies both strings.
         unsafe { sys::gguf_set_val_str(self.out, k.as_ptr(), v.as_ptr()) };
-        Ok(())
-    }
-
-    /// Set (or replace) a u32 value.
-    pub fn set_u32(&mut self, key: &str, value: u32) -> Result<()> {
-        let k = cstr(key)?;
-        // SAFETY: out is valid; ggml copies the key.
-        unsafe { sys::gguf_set_val_u32(self.out, k.as_ptr(), value) };
         Ok(())
     }
 

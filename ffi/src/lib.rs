@@ -11,7 +11,9 @@
 //!   sets only one).
 //!
 //! [`ggml`] exposes ggml's quantizers and GGUF reader, so loraguard can test
-//! its own encoders and writers against ggml's code rather than a copy.
+//! its own encoders and writers against ggml's code rather than a copy;
+//! [`gguf_build`] builds a GGUF header from existing files with ggml's GGUF
+//! API (for `merge`).
 
 mod batch;
 pub mod blas;

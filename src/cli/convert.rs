@@ -62,12 +62,7 @@ pub fn run(args: ConvertArgs, ui: &Ui) -> anyhow::Result<i32> {
     for d in &report.dropped {
         ui.say(&format!("dropped {} ({})", d.name, d.reason));
     }
-    for f in &report.fallbacks {
-        ui.say(&format!(
-            "{}: written as {} instead of {}: {}",
-            f.tensor, f.written, f.requested, f.reason
-        ));
-    }
+    ui.say_fallbacks(&report.fallbacks);
     if let Some(line) = module_summary(&report.modules) {
         ui.say(&line);
     }
@@ -83,7 +78,7 @@ pub fn run(args: ConvertArgs, ui: &Ui) -> anyhow::Result<i32> {
             "baked": report.baked,
             "transforms": report.transforms,
             "dropped": report.dropped.iter().map(|d| serde_json::json!({"tensor": d.name, "reason": d.reason})).collect::<Vec<_>>(),
-            "fallbacks": report.fallbacks.iter().map(|f| serde_json::json!({"tensor": f.tensor, "requested": f.requested.name(), "written": f.written.name(), "reason": f.reason})).collect::<Vec<_>>(),
+            "fallbacks": report.fallbacks,
             "source_sha256": report.source_sha256,
             "bytes_written": report.bytes_written,
             "dry_run": args.dry_run,

@@ -71,6 +71,7 @@ pub fn run(args: FuseArgs, ui: &Ui) -> anyhow::Result<i32> {
     if let Some(p) = &args.report {
         write_json(p, &report)?;
     }
+    ui.say_fallbacks(&report.fallbacks);
     let worst = report
         .modules
         .iter()

@@ -7,8 +7,10 @@ use loraguard::linalg::truncate::Truncation;
 /// `--outtype`, `--max-rank`, `--energy`.
 #[derive(Debug, Args)]
 pub struct GgufOutArgs {
-    /// Tensor type of the GGUF output: f32, f16, bf16, q8_0, or auto (the
-    /// 16-bit type matching the source).
+    /// Tensor type of the GGUF output: f32, f16, bf16, q8_0, q4_0, q4_1,
+    /// q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, or auto (the 16-bit type
+    /// matching the source). A tensor whose rows are not whole blocks of the
+    /// type falls back as llama-quantize does, and is listed.
     #[arg(long, default_value = "auto", value_parser = parse_outtype)]
     pub outtype: OutType,
     /// Re-factor every module of the GGUF output into balanced SVD form
@@ -45,6 +47,14 @@ fn parse_energy(s: &str) -> Result<f64, String> {
 }
 
 fn parse_outtype(s: &str) -> Result<OutType, String> {
-    OutType::parse(s)
-        .ok_or_else(|| format!("unknown outtype {s:?}; expected f32, f16, bf16, q8_0 or auto"))
+    OutType::parse(s).ok_or_else(|| {
+        let names: Vec<String> = loraguard::quant::WRITABLE
+            .iter()
+            .map(|t| t.name().to_lowercase())
+            .collect();
+        format!(
+            "unknown outtype {s:?}; expected {} or auto",
+            names.join(", ")
+        )
+    })
 }

@@ -73,6 +73,31 @@ impl Ui {
             let _ = writeln!(std::io::stderr(), "{line}");
         }
     }
+
+    /// One line per kind of type fallback (same requested and written type,
+    /// same reason), with a count and the first tensor; the JSON reports
+    /// list every tensor.
+    pub fn say_fallbacks(&self, fallbacks: &[loraguard::convert::Fallback]) {
+        let mut groups: Vec<(&loraguard::convert::Fallback, usize)> = Vec::new();
+        for f in fallbacks {
+            match groups.iter_mut().find(|(g, _)| {
+                (g.requested, g.written, &g.reason) == (f.requested, f.written, &f.reason)
+            }) {
+                Some((_, n)) => *n += 1,
+                None => groups.push((f, 1)),
+            }
+        }
+        for (f, n) in groups {
+            let which = match n {
+                1 => f.tensor.clone(),
+                _ => format!("{n} tensors (such as {})", f.tensor),
+            };
+            self.say(&format!(
+                "{which}: written as {} instead of {}: {}",
+                f.written, f.requested, f.reason
+            ));
+        }
+    }
 }
 
 /// Print an error with its causes and hint; return the exit code.

@@ -80,6 +80,7 @@ pub fn run(args: SafeLoraArgs, ui: &Ui) -> anyhow::Result<i32> {
     if let Some(p) = &args.report {
         write_json(p, &report)?;
     }
+    ui.say_fallbacks(&report.fallbacks);
     for w in &report.warnings {
         ui.say(&format!("warning: {w}"));
     }

@@ -76,8 +76,9 @@ pub(super) fn encode_rows(
 }
 
 /// Encode a whole source factor as stored (row-major, no reordering), times
-/// `factor`, decoding it in `SCRATCH`-element slices. Slices are whole Q8_0
-/// blocks because every row length given Q8_0 is a multiple of 32.
+/// `factor`, decoding it in `SCRATCH`-element slices. Slices are whole
+/// blocks of any type: `SCRATCH` is a multiple of 256, and a quantized type
+/// is only asked for rows that are whole blocks of it.
 fn encode_contiguous(
     mut out: Vec<u8>,
     ty: GgmlType,

@@ -26,40 +26,45 @@ use crate::linalg::truncate::Truncation;
 use crate::matrix::SourceDtype;
 use crate::peft::{PeftAdapter, UnsupportedTensor};
 
-/// `--outtype`.
+/// `--outtype`: one of [`crate::quant::WRITABLE`], or `auto`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutType {
-    F32,
-    F16,
-    BF16,
-    Q8_0,
+    /// Every tensor in this type where its rows allow (see
+    /// [`crate::quant::writable_type`] for the per-tensor fallback).
+    Type(GgmlType),
     /// The highest-fidelity 16-bit type for the source dtype.
     Auto,
 }
 
 impl OutType {
-    /// Parse `f32|f16|bf16|q8_0|auto`.
+    pub const F32: OutType = OutType::Type(GgmlType::F32);
+    pub const F16: OutType = OutType::Type(GgmlType::F16);
+    pub const BF16: OutType = OutType::Type(GgmlType::BF16);
+    pub const Q8_0: OutType = OutType::Type(GgmlType::Q8_0);
+
+    /// Parse `auto` or a writable type's name (`f32`, `f16`, `bf16`, `q8_0`,
+    /// `q4_0`, `q4_1`, `q5_0`, `q5_1`, `q2_k` … `q6_k`), in any case.
     pub fn parse(s: &str) -> Option<Self> {
-        Some(match s.to_ascii_lowercase().as_str() {
-            "f32" => OutType::F32,
-            "f16" => OutType::F16,
-            "bf16" => OutType::BF16,
-            "q8_0" => OutType::Q8_0,
-            "auto" => OutType::Auto,
-            _ => return None,
-        })
+        if s.eq_ignore_ascii_case("auto") {
+            return Some(OutType::Auto);
+        }
+        GgmlType::from_name(s)
+            .filter(|t| crate::quant::WRITABLE.contains(t))
+            .map(OutType::Type)
     }
 
     /// The concrete type: `auto` is BF16 for BF16 sources and F16 for F16
     /// and F32 sources (F16 keeps 3 more mantissa bits than BF16; values
-    /// beyond F16's range fall back to F32 per tensor).
+    /// beyond F16's range fall back to F32 per tensor). No sources (a
+    /// computed adapter) count as F32.
     pub fn resolve(self, sources: &[SourceDtype]) -> GgmlType {
         match self {
-            OutType::F32 => GgmlType::F32,
-            OutType::F16 => GgmlType::F16,
-            OutType::BF16 => GgmlType::BF16,
-            OutType::Q8_0 => GgmlType::Q8_0,
-            OutType::Auto if sources.iter().all(|d| *d == SourceDtype::BF16) => GgmlType::BF16,
+            OutType::Type(t) => t,
+            OutType::Auto
+                if !sources.is_empty() && sources.iter().all(|d| *d == SourceDtype::BF16) =>
+            {
+                GgmlType::BF16
+            }
             OutType::Auto => GgmlType::F16,
         }
     }
@@ -94,7 +99,7 @@ impl ConvertOptions {
 }
 
 /// A tensor written in another type than requested, and why.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Fallback {
     pub tensor: String,
     pub requested: GgmlType,

@@ -26,19 +26,11 @@ fn shapes(t: &Target, rank: usize) -> ([u64; 2], [u64; 2]) {
     }
 }
 
-/// The type each tensor is written in: Q8_0 needs rows that are whole
-/// 32-element blocks, otherwise that tensor falls back to F16.
+/// The type each tensor is written in: a quantized type needs rows that
+/// are whole blocks of it, otherwise that tensor falls back
+/// ([`crate::quant::writable_type`], llama-quantize's rule).
 pub(crate) fn tensor_type(requested: GgmlType, ne0: u64) -> (GgmlType, Option<String>) {
-    if requested == GgmlType::Q8_0 && ne0 % 32 != 0 {
-        (
-            GgmlType::F16,
-            Some(format!(
-                "row length {ne0} is not a multiple of Q8_0's 32-element block"
-            )),
-        )
-    } else {
-        (requested, None)
-    }
+    crate::quant::writable_type(requested, ne0)
 }
 
 /// Tensor descriptors and the fallbacks they imply; `ranks[i]` is the rank

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use super::{fuse_module, FuseInput, FuseOptions, FuseReport, MergeParams, ModuleFuse, Term};
 use crate::analyze::source::AdapterSource;
 use crate::atomic::AtomicFile;
-use crate::convert::{tensor_type, OutType};
+use crate::convert::{tensor_type, Fallback};
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufFile, GgufWriter, MetaValue, TensorDesc};
 use crate::quant::{encode_into, fits_f16};
@@ -20,20 +20,23 @@ use crate::quant::{encode_into, fits_f16};
 /// which is folded into `lora_b`.
 const ALPHA: f32 = 1.0;
 
-/// The type one tensor is written in, and its bytes.
-fn encode(requested: GgmlType, m: &Array2<f64>) -> (GgmlType, Vec<u8>) {
+/// The type one tensor is written in, its bytes, and why the type differs
+/// from the one requested.
+fn encode(requested: GgmlType, m: &Array2<f64>) -> (GgmlType, Vec<u8>, Option<String>) {
     let data: Vec<f32> = m.iter().map(|x| *x as f32).collect();
-    let (mut ty, _) = tensor_type(requested, m.ncols() as u64);
+    let (mut ty, mut why) = tensor_type(requested, m.ncols() as u64);
     if ty == GgmlType::F16 && !fits_f16(&data) {
         ty = GgmlType::F32;
+        why = Some("values beyond F16's range (±65504)".into());
     }
     let mut out = Vec::new();
     if !encode_into(ty, &data, &mut out) {
         out.clear();
+        why = Some(format!("loraguard could not encode it as {ty}"));
         ty = GgmlType::F32;
         encode_into(ty, &data, &mut out);
     }
-    (ty, out)
+    (ty, out, why)
 }
 
 /// See the module documentation; `params` as in [`super::fuse`].
@@ -160,15 +163,11 @@ pub fn fuse_gguf(
         })
         .collect::<Result<_>>()?;
 
-    let requested = match opts.convert.outtype {
-        OutType::F32 => GgmlType::F32,
-        OutType::BF16 => GgmlType::BF16,
-        OutType::Q8_0 => GgmlType::Q8_0,
-        OutType::F16 | OutType::Auto => GgmlType::F16,
-    };
+    let requested = opts.convert.outtype.resolve(&[]);
     let mut descs = Vec::new();
     let mut payloads = Vec::new();
     let mut report = Vec::new();
+    let mut fallbacks = Vec::new();
     for (m, (b, a, stats)) in names.iter().zip(fused) {
         let k = stats.rank;
         let fold = k as f64 / f64::from(ALPHA);
@@ -181,9 +180,18 @@ pub fn fuse_gguf(
             (a, b * fold)
         };
         for (suffix, t) in [("lora_a", la), ("lora_b", lb)] {
-            let (ty, bytes) = encode(requested, &t);
+            let (ty, bytes, why) = encode(requested, &t);
+            let name = format!("{m}.{suffix}");
+            if let Some(reason) = why {
+                fallbacks.push(Fallback {
+                    tensor: name.clone(),
+                    requested,
+                    written: ty,
+                    reason,
+                });
+            }
             descs.push(TensorDesc {
-                name: format!("{m}.{suffix}"),
+                name,
                 ty,
                 ne: vec![t.ncols() as u64, t.nrows() as u64],
             });
@@ -229,6 +237,7 @@ pub fn fuse_gguf(
         inputs: inputs.iter().map(|i| (i.path.clone(), i.weight)).collect(),
         modules: report,
         output: out.to_path_buf(),
+        fallbacks,
         convert: None,
     })
 }

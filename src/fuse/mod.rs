@@ -189,6 +189,9 @@ pub struct FuseReport {
     pub inputs: Vec<(PathBuf, f64)>,
     pub modules: Vec<ModuleFuse>,
     pub output: PathBuf,
+    /// Tensors of the GGUF output written in another type than
+    /// `--outtype` asked for (rows not whole blocks of it), and why.
+    pub fallbacks: Vec<crate::convert::Fallback>,
     #[serde(skip)]
     pub convert: Option<ConvertReport>,
 }
@@ -422,7 +425,7 @@ pub fn fuse(
         report.push(stats);
     }
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut meta = std::collections::HashMap::new();
+    let mut meta = std::collections::BTreeMap::new();
     meta.insert("format".to_string(), "pt".to_string());
     meta.insert(
         "loraguard.version".to_string(),
@@ -440,14 +443,15 @@ pub fn fuse(
                 .join(", ")
         ),
     );
-    let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), &Some(meta))
-        .map_err(|e| Error::Internal(format!("serializing safetensors: {e}")))?;
+    let bytes =
+        crate::peft::write::serialize_sorted(tensors.iter().map(|(n, t)| (n.as_str(), t)), &meta)
+            .map_err(|e| Error::Internal(format!("serializing safetensors: {e}")))?;
     let cfg = config(&adapters[0], &ranks, opts.method);
     let files: [(&str, &[u8]); 2] = [(CONFIG_NAME, &cfg), (SAFETENSORS_NAME, &bytes)];
     let mut convert_report = None;
     match gguf_base {
         Some(base) => {
-            let tmp = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+            let tmp = crate::atomic::scratch_dir(out)?;
             let dir = tmp.path().join("fused");
             crate::atomic::write_dir_atomic(&dir, &files)?;
             let copts = ConvertOptions {
@@ -463,6 +467,10 @@ pub fn fuse(
         inputs: inputs.iter().map(|i| (i.path.clone(), i.weight)).collect(),
         modules: report,
         output: out.to_path_buf(),
+        fallbacks: convert_report
+            .as_ref()
+            .map(|c| c.fallbacks.clone())
+            .unwrap_or_default(),
         convert: convert_report,
     })
 }

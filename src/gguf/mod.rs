@@ -1,5 +1,6 @@
 //! GGUF: reading model and adapter files (through gguf-rs, behind our own
-//! checks) and writing adapter files (our streaming writer).
+//! capped header walk, [`scan`]) and writing adapter files (our streaming
+//! writer).
 //!
 //! Why our own writer: gguf-rs's `GGUFWriter` pre-fills the whole data section
 //! with zero bytes, one `write_u8` at a time, then seeks back to write each
@@ -9,6 +10,7 @@
 //! writes is read back by ggml's own loader in the tests.
 
 mod reader;
+pub mod scan;
 mod types;
 mod writer;
 

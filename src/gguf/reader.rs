@@ -1,7 +1,7 @@
 //! Reading GGUF headers through gguf-rs, behind loraguard's own bounds checks.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -49,6 +49,11 @@ impl GgufFile {
         if magic != super::GGUF_MAGIC {
             return Err(bad(format!("bad magic {magic:02x?}, not a GGUF file")));
         }
+        // Every length capped and every range checked before gguf-rs, which
+        // trusts them, reads the header.
+        let scanned = super::scan::scan(&mut file, file_size).map_err(bad)?;
+        file.seek(SeekFrom::Start(4))
+            .map_err(|e| Error::io(path, e))?;
         let mut container = gguf_rs::GGUFContainer::new(
             gguf_rs::ByteOrder::LE,
             Box::new(BufReader::with_capacity(1 << 20, file)),
@@ -65,7 +70,10 @@ impl GgufFile {
         if version < 2 {
             return Err(bad("GGUF v1 is not supported".into()));
         }
-        let data_offset = model.data_offset();
+        let data_offset = scanned.data_offset;
+        if model.tensors().len() != scanned.tensors.len() {
+            return Err(bad("tensor table read inconsistently".into()));
+        }
         let mut tensors = Vec::with_capacity(model.tensors().len());
         let mut index = HashMap::new();
         for t in model.tensors() {

@@ -43,22 +43,8 @@ pub enum MergeType {
     To(GgmlType),
 }
 
-/// The types `--type` accepts besides `same`.
-pub const MERGE_TYPES: [GgmlType; 13] = [
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q8_0,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q5_1,
-    GgmlType::Q2_K,
-    GgmlType::Q3_K,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-];
+/// The types `--type` accepts besides `same`: those loraguard writes.
+pub const MERGE_TYPES: &[GgmlType] = crate::quant::WRITABLE;
 
 impl MergeType {
     /// Parse `same` or a type name (`f16`, `q4_k`, …).
@@ -115,31 +101,15 @@ pub struct MergeReport {
     pub update_error: f64,
 }
 
-/// The type a merged tensor is written in, and the reason for a fallback:
-/// a type ggml cannot quantize without an importance matrix, or rows that
-/// are not whole blocks of it, fall back to Q8_0 (F16 when rows are not
-/// whole blocks of 32).
+/// The type a merged tensor is written in, and the reason for a fallback
+/// (llama-quantize's rule, [`crate::quant::writable_type`]).
 fn out_type(base: GgmlType, requested: MergeType, cols: u64) -> (GgmlType, Option<String>) {
     let want = match requested {
         MergeType::Same => base,
         MergeType::To(t) => t,
     };
-    let usable =
-        |t: GgmlType| cols % t.block_size() == 0 && loraguard_llama::ggml::can_quantize(t.id());
-    if usable(want) {
-        return (want, None);
-    }
-    let why = if cols % want.block_size() != 0 {
-        format!("rows of {cols} are not whole blocks of {want}")
-    } else {
-        format!("ggml cannot write {want} without an importance matrix")
-    };
-    let fallback = if usable(GgmlType::Q8_0) {
-        GgmlType::Q8_0
-    } else {
-        GgmlType::F16
-    };
-    (fallback, Some(format!("{why}; wrote {fallback}")))
+    let (got, why) = crate::quant::writable_type(want, cols);
+    (got, why.map(|w| format!("{w}; wrote {got}")))
 }
 
 /// sha256 of an adapter: of the GGUF file, or of a PEFT directory's
@@ -433,7 +403,7 @@ mod tests {
             (GgmlType::Q4_1, None)
         );
         let (t, why) = out_type(GgmlType::Q4_1, MergeType::To(GgmlType::Q4_K), 576);
-        assert_eq!(t, GgmlType::Q8_0);
+        assert_eq!(t, GgmlType::Q5_0);
         assert!(why.unwrap().contains("not whole blocks of Q4_K"));
         let (t, why) = out_type(GgmlType::IQ2_XXS, MergeType::Same, 2048);
         assert_eq!(t, GgmlType::Q8_0);

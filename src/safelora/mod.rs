@@ -107,6 +107,9 @@ pub struct SafeLoraReport {
     pub projected: usize,
     pub warnings: Vec<String>,
     pub output: PathBuf,
+    /// Tensors of a GGUF output written in another type than `--outtype`
+    /// asked for (rows not whole blocks of it), and why.
+    pub fallbacks: Vec<crate::convert::Fallback>,
     #[serde(skip)]
     pub convert: Option<ConvertReport>,
 }
@@ -503,8 +506,7 @@ pub fn safe_lora(
             meta.insert("loraguard.source.sha256".into(), adapter.sha256());
             match gguf_model.filter(|_| to_gguf) {
                 Some(model) => {
-                    let tmp =
-                        tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+                    let tmp = crate::atomic::scratch_dir(out)?;
                     let dir = tmp.path().join("safe-lora");
                     output::write_peft_dir(adapter, &replaced, &meta, &dir)?;
                     let copts = ConvertOptions {
@@ -533,6 +535,10 @@ pub fn safe_lora(
         projected,
         warnings,
         output: out.to_path_buf(),
+        fallbacks: convert_report
+            .as_ref()
+            .map(|c| c.fallbacks.clone())
+            .unwrap_or_default(),
         convert: convert_report,
     })
 }

@@ -84,11 +84,16 @@ pub fn write_peft_dir(
         tensors.push((name, t));
     }
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut metadata: HashMap<String, String> = header.metadata().clone().unwrap_or_default();
+    let mut metadata: BTreeMap<String, String> = header
+        .metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     metadata.extend(meta.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let bytes = safetensors::serialize(
+    let bytes = crate::peft::write::serialize_sorted(
         tensors.iter().map(|(n, t)| (n.as_str(), t)),
-        &Some(metadata),
+        &metadata,
     )
     .map_err(|e| Error::Internal(format!("serializing safetensors: {e}")))?;
     let config = read_capped(
@@ -188,10 +193,8 @@ pub fn write_gguf_lora(
                 let data = m.as_standard_layout();
                 let data = data.as_slice().expect("standard layout");
                 let mut bytes = Vec::new();
-                let keep = matches!(
-                    t.ty,
-                    GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0
-                ) && (t.ty != GgmlType::F16 || fits_f16(data))
+                let keep = crate::quant::WRITABLE.contains(&t.ty)
+                    && (t.ty != GgmlType::F16 || fits_f16(data))
                     && encode_into(t.ty, data, &mut bytes);
                 let ty = if keep {
                     t.ty
