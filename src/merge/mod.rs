@@ -215,6 +215,10 @@ pub fn merge(
     if inputs.is_empty() {
         return Err(Error::Usage("merge needs at least one --lora".into()));
     }
+    // Row blocks run one per rayon worker, each with its own GEMM: OpenBLAS's
+    // own threads would only spin beside them (measured: a fifth of the run
+    // in sched_yield).
+    crate::linalg::init();
     let shards = Shards::open(model)?;
     let base = BaseModel::open(model)?;
     let peft = inputs
