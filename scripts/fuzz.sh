@@ -31,10 +31,10 @@ find fixtures -name adapter_model.safetensors -size -512k -exec sh -c \
 find fixtures -name adapter_config.json -exec sh -c \
   'cp "$1" "$2/$(echo "$1" | tr / _)"' _ {} "$C/adapter_config" \;
 cp fixtures/tiny-llama/base.gguf "$C/gguf_header/"
-cargo build --release --quiet --bin loraguard
+cargo build --quiet --bin loraguard
 for a in plain gqa-k-only embed-head; do
   for t in f16 q8_0 q4_0; do
-    ./target/release/loraguard -q convert "fixtures/tiny-llama/adapters/$a" \
+    ./target/debug/loraguard -q convert "fixtures/tiny-llama/adapters/$a" \
       --base fixtures/tiny-llama/base.gguf --outtype "$t" -o "$C/gguf_lora_validation/$a-$t.gguf"
   done
 done

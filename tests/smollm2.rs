@@ -3,10 +3,13 @@
 //! the converted adapter matches the change under transformers+PEFT.
 
 use loraguard::convert::OutType;
+use loraguard::gguf::GgmlType;
 
 use crate::common::*;
 
 /// Cosine between llama.cpp's and PEFT's logit change, per outtype.
+/// Measured for the quantized types: 0.9975–0.9984 (q4_0, q5_1, q4_k,
+/// q6_k), F32 0.997.
 fn min_cosine(outtype: OutType) -> f64 {
     match outtype {
         OutType::F32 => 0.99,
@@ -26,7 +29,16 @@ fn smollm2_logit_change_matches_peft() {
     let model = load_model(&model_path);
     let base = llama_logits(&model, &[], &toks);
     let last = |v: &[f32]| v[(toks.len() - rows) * vocab..].to_vec();
-    for outtype in [OutType::F32, OutType::F16, OutType::Q8_0] {
+    let quantized = [
+        GgmlType::Q4_0,
+        GgmlType::Q5_1,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+    ];
+    let types = [OutType::F32, OutType::F16, OutType::Q8_0]
+        .into_iter()
+        .chain(quantized.map(OutType::Type));
+    for outtype in types {
         let dir = tempfile::tempdir().unwrap();
         let (out, report) = convert_to(&fix.join("pirate-lora"), &model_path, dir.path(), outtype);
         assert_eq!(report.targets, 30 * 4);
