@@ -20,11 +20,7 @@ NTG=64
 RUNS=3
 MODEL="$(bash scripts/fetch-model.sh)"
 ANCHOR="$(bash scripts/fetch-anchor.sh | tail -1)"
-SYS="$(cargo metadata --format-version 1 | python3 -c '
-import json, os, sys
-m = json.load(sys.stdin)
-p = [p for p in m["packages"] if p["name"] == "llama-cpp-sys-2"][0]
-print(os.path.join(os.path.dirname(p["manifest_path"]), "llama.cpp"))')"
+SYS="$(bash scripts/llama-cpp-src.sh)"
 SYS_VERSION="$(cargo metadata --format-version 1 | python3 -c '
 import json, sys
 print([p["version"] for p in json.load(sys.stdin)["packages"] if p["name"] == "llama-cpp-sys-2"][0])')"

@@ -27,11 +27,7 @@ RUNS="${RUNS:-3}"
 B=.cache/bench/merge
 mkdir -p "$B/src"
 ANCHOR="$(bash scripts/fetch-anchor.sh | tail -1)"
-SYS="$(cargo metadata --format-version 1 | python3 -c '
-import json, os, sys
-m = json.load(sys.stdin)
-p = [p for p in m["packages"] if p["name"] == "llama-cpp-sys-2"][0]
-print(os.path.join(os.path.dirname(p["manifest_path"]), "llama.cpp"))')"
+SYS="$(bash scripts/llama-cpp-src.sh)"
 cat > "$B/src/CMakeLists.txt" <<CMAKE
 cmake_minimum_required(VERSION 3.14)
 project(loraguard_export_lora C CXX)
