@@ -61,6 +61,15 @@ pub const WRITABLE: &[GgmlType] = &[
     GgmlType::Q6_K,
 ];
 
+/// The names of [`WRITABLE`], lower case and comma-separated, for messages.
+pub fn writable_names() -> String {
+    WRITABLE
+        .iter()
+        .map(|t| t.name().to_lowercase())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The type a tensor whose rows hold `ne0` values is written in when `want`
 /// is asked for, and why it differs. The rule is llama-quantize's
 /// (`tensor_type_fallback` in llama.cpp's `src/llama-quant.cpp`): a type

@@ -48,13 +48,9 @@ fn parse_energy(s: &str) -> Result<f64, String> {
 
 fn parse_outtype(s: &str) -> Result<OutType, String> {
     OutType::parse(s).ok_or_else(|| {
-        let names: Vec<String> = loraguard::quant::WRITABLE
-            .iter()
-            .map(|t| t.name().to_lowercase())
-            .collect();
         format!(
             "unknown outtype {s:?}; expected {} or auto",
-            names.join(", ")
+            loraguard::quant::writable_names()
         )
     })
 }

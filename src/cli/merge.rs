@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use loraguard::merge::{merge, MergeInput, MergeType, MERGE_TYPES};
+use loraguard::merge::{merge, MergeInput, MergeType};
 
 use super::output::{progress_of, write_json, Ui, EXIT_OK};
 
@@ -34,11 +34,10 @@ const LOW_KEPT: f64 = 0.5;
 
 fn parse_type(s: &str) -> Result<MergeType, String> {
     MergeType::parse(s).ok_or_else(|| {
-        let names: Vec<String> = MERGE_TYPES
-            .iter()
-            .map(|t| t.name().to_lowercase())
-            .collect();
-        format!("unknown type {s:?}; expected same, {}", names.join(", "))
+        format!(
+            "unknown type {s:?}; expected same, {}",
+            loraguard::quant::writable_names()
+        )
     })
 }
 

@@ -16,7 +16,6 @@ use std::sync::Mutex;
 pub use encode::encode_target;
 pub use plan::{effective_b_factor, plan, Plan, Target, TargetPart};
 pub use refactor::ModuleStats;
-pub(crate) use write::tensor_type;
 pub use write::write_gguf;
 
 use crate::base::BaseModel;

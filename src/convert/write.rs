@@ -26,13 +26,6 @@ fn shapes(t: &Target, rank: usize) -> ([u64; 2], [u64; 2]) {
     }
 }
 
-/// The type each tensor is written in: a quantized type needs rows that
-/// are whole blocks of it, otherwise that tensor falls back
-/// ([`crate::quant::writable_type`], llama-quantize's rule).
-pub(crate) fn tensor_type(requested: GgmlType, ne0: u64) -> (GgmlType, Option<String>) {
-    crate::quant::writable_type(requested, ne0)
-}
-
 /// Tensor descriptors and the fallbacks they imply; `ranks[i]` is the rank
 /// target i is written at.
 fn descriptors(
@@ -46,7 +39,7 @@ fn descriptors(
         let (ne_a, ne_b) = shapes(t, *rank);
         for (suffix, ne) in [("lora_a", ne_a), ("lora_b", ne_b)] {
             let name = format!("{}.{suffix}", t.tensor);
-            let (ty, why) = tensor_type(outtype, ne[0]);
+            let (ty, why) = crate::quant::writable_type(outtype, ne[0]);
             if let Some(reason) = why {
                 fallbacks.push(Fallback {
                     tensor: name.clone(),

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use super::{fuse_module, FuseInput, FuseOptions, FuseReport, MergeParams, ModuleFuse, Term};
 use crate::analyze::source::AdapterSource;
 use crate::atomic::AtomicFile;
-use crate::convert::{tensor_type, Fallback};
+use crate::convert::Fallback;
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufFile, GgufWriter, MetaValue, TensorDesc};
 use crate::quant::{encode_into, fits_f16};
@@ -24,7 +24,7 @@ const ALPHA: f32 = 1.0;
 /// from the one requested.
 fn encode(requested: GgmlType, m: &Array2<f64>) -> (GgmlType, Vec<u8>, Option<String>) {
     let data: Vec<f32> = m.iter().map(|x| *x as f32).collect();
-    let (mut ty, mut why) = tensor_type(requested, m.ncols() as u64);
+    let (mut ty, mut why) = crate::quant::writable_type(requested, m.ncols() as u64);
     if ty == GgmlType::F16 && !fits_f16(&data) {
         ty = GgmlType::F32;
         why = Some("values beyond F16's range (±65504)".into());
