@@ -212,3 +212,39 @@ fn convert_refactors_reports_per_module_errors_and_checks_its_flags() {
         assert!(!o.exists());
     }
 }
+
+#[test]
+fn unknown_types_exit_2_list_the_writable_ones_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("o.gguf");
+    let convert = loraguard(&[
+        os("convert"),
+        tiny_adapter("plain").as_os_str(),
+        os("--base"),
+        tiny_base().as_os_str(),
+        os("-o"),
+        out_path.as_os_str(),
+        os("--outtype"),
+        os("q9_9"),
+    ]);
+    let merge = loraguard(&[
+        os("merge"),
+        os("--model"),
+        tiny_base().as_os_str(),
+        os("--lora"),
+        tiny_adapter("plain").as_os_str(),
+        os("-o"),
+        out_path.as_os_str(),
+        os("--type"),
+        os("iq2_xxs"),
+    ]);
+    for (out, want) in [(convert, "or auto"), (merge, "expected same, ")] {
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(want) && err.contains("q4_k") && err.contains("q8_0"),
+            "{err}"
+        );
+    }
+    assert!(entries(dir.path()).is_empty());
+}
