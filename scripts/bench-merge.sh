@@ -10,13 +10,14 @@
 # tools. GGML_NATIVE=OFF, as llama-cpp-sys-2 builds ggml.
 #
 # The two do different work: loraguard --type same requantizes every merged
-# tensor to Q4_K (the output stays a Q4_K model); llama-export-lora writes
-# merged tensors as F16 (it cannot requantize). Also timed: loraguard
-# --type f16, the same output types as llama-export-lora, and --type q8_0,
-# the same work as --type same with ggml's cheapest quantizer (what is left
-# is the cost of ggml's Q4_K quantizer), against llama.cpp's two-step way to
-# the same kind of file: llama-export-lora, then llama-quantize --pure
-# --allow-requantize to Q4_K (which also requantizes the untouched tensors).
+# tensor to Q4_K (the output stays a Q4_K model; its Q4_K blocks are
+# ggml's, byte for byte, from the ffi crate's vectorized copy of ggml's
+# quantizer); llama-export-lora writes merged tensors as F16 (it cannot
+# requantize). Also timed: loraguard --type f16, the same output types as
+# llama-export-lora, and --type q8_0, the same pass with ggml's own Q8_0
+# quantizer, against llama.cpp's two-step way to the same kind of file:
+# llama-export-lora, then llama-quantize --pure --allow-requantize to Q4_K
+# (which also requantizes the untouched tensors).
 #
 # Usage: bash scripts/bench-merge.sh     (THREADS=N, RUNS=N to override;
 #        RUNS=0 builds the tools and writes the inputs only)

@@ -100,3 +100,37 @@ fn token_embd_lora_a_is_stored_transposed() {
         .iter()
         .any(|t| t == "token_embd_lora_a_transposed"));
 }
+
+#[test]
+fn q4_k_fast_path_is_bit_identical_to_ggml_on_real_weights() {
+    // Every weight tensor of SmolLM2 (dequantized from its Q4_1 and Q6_K),
+    // 48 super-blocks from its start, middle and end, through the
+    // vectorized Q4_K quantizer and through ggml's own.
+    let model = GgufFile::open(&smollm2_model()).unwrap();
+    let all = std::fs::read(&model.path).unwrap();
+    let mut blocks = 0usize;
+    for t in &model.tensors {
+        let n: u64 = t.ne.iter().product();
+        if t.ne.len() < 2 || n < 256 * 48 {
+            continue;
+        }
+        let raw = &all[t.offset as usize..(t.offset + t.size) as usize];
+        let x = ggml::dequantize(t.ty.id(), raw, n as usize).unwrap();
+        let whole = x.len() / 256 * 256;
+        let mid = whole / 2 / 256 * 256;
+        let mut sample = Vec::new();
+        for at in [0, mid, whole - 16 * 256] {
+            sample.extend_from_slice(&x[at..at + 16 * 256]);
+        }
+        let mut ours = vec![0u8; sample.len() / 256 * 144];
+        loraguard::llama::q4_k::quantize(&sample, &mut ours).unwrap();
+        let theirs = ggml::quantize(GgmlType::Q4_K.id(), &sample, 256).unwrap();
+        assert!(
+            ours == theirs,
+            "{}: the Q4_K bytes differ from ggml's",
+            t.name
+        );
+        blocks += sample.len() / 256;
+    }
+    assert!(blocks > 48 * 200, "only {blocks} super-blocks compared");
+}

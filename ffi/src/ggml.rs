@@ -61,6 +61,19 @@ pub fn quantize(type_id: u32, data: &[f32], n_per_row: usize) -> Result<Vec<u8>>
     if n_per_row == 0 || data.len() % n_per_row != 0 || n_per_row as u64 % blck != 0 {
         return Err(Error::Ggml("data is not whole rows of whole blocks".into()));
     }
+    let nrows = data.len() / n_per_row;
+    let mut out = vec![0u8; (n_per_row as u64 / blck * size) as usize * nrows];
+    quantize_into(type_id, data, n_per_row, &mut out)?;
+    Ok(out)
+}
+
+/// [`quantize`] into `out`, which must hold exactly the quantized rows.
+pub fn quantize_into(type_id: u32, data: &[f32], n_per_row: usize, out: &mut [u8]) -> Result<()> {
+    let (blck, size) =
+        type_traits(type_id).ok_or_else(|| Error::Ggml(format!("unknown type {type_id}")))?;
+    if n_per_row == 0 || data.len() % n_per_row != 0 || n_per_row as u64 % blck != 0 {
+        return Err(Error::Ggml("data is not whole rows of whole blocks".into()));
+    }
     // SAFETY: type_id is valid (checked above).
     if unsafe { sys::ggml_quantize_requires_imatrix(type_id as _) } {
         return Err(Error::Ggml(format!(
@@ -68,9 +81,15 @@ pub fn quantize(type_id: u32, data: &[f32], n_per_row: usize) -> Result<Vec<u8>>
         )));
     }
     let nrows = data.len() / n_per_row;
-    let mut out = vec![0u8; (n_per_row as u64 / blck * size) as usize * nrows];
-    // SAFETY: data holds nrows*n_per_row floats; out has room for nrows rows
-    // of the type's row size; no importance matrix is passed.
+    if out.len() as u64 != n_per_row as u64 / blck * size * nrows as u64 {
+        return Err(Error::Ggml(format!(
+            "{} bytes given for {nrows} rows of {n_per_row}",
+            out.len()
+        )));
+    }
+    // SAFETY: data holds nrows*n_per_row floats; out has exactly the room of
+    // nrows rows of the type's row size (checked above); no importance
+    // matrix is passed.
     let written = unsafe {
         sys::ggml_quantize_chunk(
             type_id as _,
@@ -88,13 +107,21 @@ pub fn quantize(type_id: u32, data: &[f32], n_per_row: usize) -> Result<Vec<u8>>
             out.len()
         )));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Dequantize `n` values of ggml type `type_id` from `data` with ggml's own
 /// `to_float` (every type ggml can read: float, legacy quants, K-quants,
 /// i-quants).
 pub fn dequantize(type_id: u32, data: &[u8], n: usize) -> Result<Vec<f32>> {
+    let mut out = vec![0f32; n];
+    dequantize_into(type_id, data, &mut out)?;
+    Ok(out)
+}
+
+/// [`dequantize`] into `out`, whose length is the number of values.
+pub fn dequantize_into(type_id: u32, data: &[u8], out: &mut [f32]) -> Result<()> {
+    let n = out.len();
     let (blck, size) =
         type_traits(type_id).ok_or_else(|| Error::Ggml(format!("unknown type {type_id}")))?;
     if n as u64 % blck != 0 {
@@ -113,10 +140,10 @@ pub fn dequantize(type_id: u32, data: &[u8], n: usize) -> Result<Vec<f32>> {
     }
     if type_id == sys::GGML_TYPE_F32 {
         // ggml has no to_float for F32: the data already is.
-        return Ok(data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect());
+        for (o, c) in out.iter_mut().zip(data.chunks_exact(4)) {
+            *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        }
+        return Ok(());
     }
     // SAFETY: type_id is valid (checked by type_traits); the returned pointer
     // is a static table entry.
@@ -125,11 +152,10 @@ pub fn dequantize(type_id: u32, data: &[u8], n: usize) -> Result<Vec<f32>> {
     let to_float = unsafe { traits.as_ref() }
         .and_then(|t| t.to_float)
         .ok_or_else(|| Error::Ggml(format!("type {type_id} cannot be dequantized")))?;
-    let mut out = vec![0f32; n];
     // SAFETY: data holds exactly the bytes of n values of this type (checked
     // above); out has room for n floats.
     unsafe { to_float(data.as_ptr().cast(), out.as_mut_ptr(), n as i64) };
-    Ok(out)
+    Ok(())
 }
 
 /// One tensor as ggml's GGUF reader sees it.

@@ -13,15 +13,18 @@
 //! [`ggml`] exposes ggml's quantizers and GGUF reader, so loraguard can test
 //! its own encoders and writers against ggml's code rather than a copy;
 //! [`gguf_build`] builds a GGUF header from existing files with ggml's GGUF
-//! API (for `merge`).
+//! API (for `merge`); [`q4_k`] is ggml's Q4_K quantizer, byte for byte,
+//! vectorized for AVX2.
 
 mod batch;
 pub mod blas;
 pub mod ggml;
 pub mod gguf_build;
 mod model;
+pub mod q4_k;
 mod sample;
 mod session;
+pub mod sums;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;

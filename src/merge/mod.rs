@@ -10,11 +10,11 @@
 //! (`gguf-split` shards) is read whole and written as one file. The output
 //! is streamed tensor by tensor and written atomically.
 
+mod pipeline;
 mod shards;
 mod tensor;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -23,12 +23,13 @@ use crate::analyze::source::AdapterSource;
 use crate::atomic::AtomicFile;
 use crate::base::BaseModel;
 use crate::error::{Error, Result};
-use crate::gguf::{GgmlType, GgufTensor};
+use crate::gguf::GgmlType;
+use pipeline::Piece;
 pub use shards::{Shards, SPLIT_KEYS};
 use tensor::{merge_tensor, Kept, Update};
 
 /// Bytes copied at a time for untouched tensors.
-const COPY_CHUNK: usize = 8 << 20;
+pub(crate) const COPY_CHUNK: usize = 8 << 20;
 
 /// One adapter and its scale, parsed from `PATH[:SCALE]` as `check --lora`
 /// is.
@@ -303,59 +304,84 @@ pub fn merge(
 
     let head = header.bytes();
     let layout = header.tensors();
-    let io = |e: std::io::Error| Error::io(out, e);
     let mut file = AtomicFile::create(out)?;
     let mut written = 0u64;
     let mut total = Kept::default();
-    {
-        let mut w = file.writer();
-        w.write_all(&head).map_err(io)?;
-        written += head.len() as u64;
-        let data_start = written;
-        let align = header.alignment();
-        let mut buf = Vec::new();
-        for (k, bt) in layout.iter().enumerate() {
-            let (shard, t) = shards
-                .tensor(&bt.name)
-                .ok_or_else(|| Error::Internal(format!("{} vanished", bt.name)))?;
-            if written - data_start != bt.offset {
-                return Err(Error::Internal(format!(
-                    "{}: at data offset {}, ggml put it at {}",
-                    bt.name,
-                    written - data_start,
-                    bt.offset
-                )));
+    let merged_names: Vec<String> = layout
+        .iter()
+        .filter(|t| types.contains_key(&t.name))
+        .map(|t| t.name.clone())
+        .collect();
+    let load = |name: &str| -> Result<Vec<Update>> {
+        targets[name]
+            .iter()
+            .map(|&i| update(&sources[i], name, inputs[i].scale))
+            .collect()
+    };
+    std::thread::scope(|scope| -> Result<()> {
+        let (mut writer, wrote) = pipeline::spawn_writer(scope, &shards, file.writer(), out);
+        let updates = pipeline::spawn_loader(scope, merged_names, load);
+        let result = (|| -> Result<()> {
+            if !writer.send(Piece::Bytes(head.clone())) {
+                return Ok(()); // the writer failed; its error is reported below
             }
-            let size = if let Some(ty) = types.get(&bt.name) {
-                let updates = targets[&bt.name]
-                    .iter()
-                    .map(|&i| update(&sources[i], &bt.name, inputs[i].scale))
-                    .collect::<Result<Vec<_>>>()?;
-                let (bytes, k) = merge_tensor(&shards, shard, t, &updates, *ty)?;
-                w.write_all(&bytes).map_err(io)?;
-                if let Some(m) = merged.iter_mut().find(|m| m.tensor == bt.name) {
-                    m.update_kept = k.fraction();
-                    m.update_error = k.error();
+            written += head.len() as u64;
+            let data_start = written;
+            let align = header.alignment();
+            for (k, bt) in layout.iter().enumerate() {
+                let (shard, t) = shards
+                    .tensor(&bt.name)
+                    .ok_or_else(|| Error::Internal(format!("{} vanished", bt.name)))?;
+                if written - data_start != bt.offset {
+                    return Err(Error::Internal(format!(
+                        "{}: at data offset {}, ggml put it at {}",
+                        bt.name,
+                        written - data_start,
+                        bt.offset
+                    )));
                 }
-                total = total.add(k);
-                bytes.len() as u64
-            } else {
-                copy_tensor(&shards, shard, t, &mut w, &mut buf)?;
-                t.size
-            };
-            if size != bt.size {
-                return Err(Error::Internal(format!(
-                    "{}: wrote {size} bytes, ggml expects {}",
-                    bt.name, bt.size
-                )));
+                let (piece, size) = if let Some(ty) = types.get(&bt.name) {
+                    let u = updates
+                        .recv()
+                        .map_err(|_| Error::Internal("the update loader stopped".into()))??;
+                    let buf = writer.buffer(bt.size as usize);
+                    let (bytes, k) = merge_tensor(&shards, shard, t, &u, *ty, buf)?;
+                    if let Some(m) = merged.iter_mut().find(|m| m.tensor == bt.name) {
+                        m.update_kept = k.fraction();
+                        m.update_error = k.error();
+                    }
+                    total = total.add(k);
+                    let size = bytes.len() as u64;
+                    (Piece::Bytes(bytes), size)
+                } else {
+                    (Piece::Copy { shard, t }, t.size)
+                };
+                if size != bt.size {
+                    return Err(Error::Internal(format!(
+                        "{}: wrote {size} bytes, ggml expects {}",
+                        bt.name, bt.size
+                    )));
+                }
+                if !writer.send(piece) {
+                    return Ok(());
+                }
+                let pad = (align - size % align) % align;
+                if pad > 0 && !writer.send(Piece::Bytes(vec![0u8; pad as usize])) {
+                    return Ok(());
+                }
+                written += size + pad;
+                progress(k + 1, layout.len());
             }
-            let pad = (align - size % align) % align;
-            w.write_all(&vec![0u8; pad as usize]).map_err(io)?;
-            written += size + pad;
-            progress(k + 1, layout.len());
-        }
-        w.flush().map_err(io)?;
-    }
+            Ok(())
+        })();
+        drop(writer);
+        drop(updates);
+        let wrote = wrote
+            .join()
+            .map_err(|_| Error::Internal("the output writer panicked".into()))?;
+        result?;
+        wrote
+    })?;
     file.commit()?;
     Ok(MergeReport {
         model: model.to_path_buf(),
@@ -368,26 +394,6 @@ pub fn merge(
         update_kept: total.fraction(),
         update_error: total.error(),
     })
-}
-
-/// Copy tensor `t` byte for byte, a chunk at a time.
-fn copy_tensor(
-    shards: &Shards,
-    shard: usize,
-    t: &GgufTensor,
-    w: &mut impl Write,
-    buf: &mut Vec<u8>,
-) -> Result<()> {
-    let mut done = 0u64;
-    while done < t.size {
-        let n = (t.size - done).min(COPY_CHUNK as u64) as usize;
-        buf.resize(n, 0);
-        shards.read(shard, t, done, buf)?;
-        w.write_all(buf)
-            .map_err(|e| Error::io(&shards.files[shard].path, e))?;
-        done += n as u64;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
