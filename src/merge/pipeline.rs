@@ -5,7 +5,8 @@
 //! back to be reused for later tensors (no fresh zeroed allocation per
 //! tensor).
 
-use std::io::Write;
+use std::fs::File;
+use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
@@ -24,6 +25,12 @@ pub enum Piece<'a> {
 
 /// Buffers kept for reuse.
 const POOL: usize = 4;
+
+/// Bytes written between two `fdatasync`s (on the syncer thread): the
+/// disk writes the output
+/// while later tensors merge, instead of during the final `fsync` before
+/// the rename (measured: 1.5 s of a 10 s merge, every core idle).
+const SYNC_EVERY: u64 = 16 << 20;
 
 /// The sending side of the writer.
 pub struct Writer<'a> {
@@ -59,10 +66,10 @@ impl<'a> Writer<'a> {
 
 /// Start the writer on `scope`, writing to `w`; at most one piece waits
 /// while one is written.
-pub fn spawn_writer<'scope, 'a: 'scope, W: Write + Send + 'scope>(
+pub fn spawn_writer<'scope, 'a: 'scope>(
     scope: &'scope std::thread::Scope<'scope, '_>,
     shards: &'a Shards,
-    mut w: W,
+    mut w: BufWriter<&'a mut File>,
     out: &'a Path,
 ) -> (
     Writer<'a>,
@@ -73,10 +80,28 @@ pub fn spawn_writer<'scope, 'a: 'scope, W: Write + Send + 'scope>(
     let handle = scope.spawn(move || -> Result<()> {
         let mut chunk = Vec::new();
         let out_err = |e: std::io::Error| Error::io(out, e);
+        // A syncer thread flushes what is written so far (fdatasync on a
+        // second handle) while the writer goes on writing.
+        let handle = w.get_ref().try_clone().map_err(out_err)?;
+        let (sync_tx, sync_rx) = sync_channel::<()>(1);
+        let syncer = std::thread::spawn(move || -> std::io::Result<()> {
+            for () in sync_rx {
+                handle.sync_data()?;
+            }
+            Ok(())
+        });
+        let mut unsynced = 0u64;
         for piece in rx {
+            if unsynced >= SYNC_EVERY {
+                w.flush().map_err(out_err)?;
+                // A sync still running takes this one's place.
+                let _ = sync_tx.try_send(());
+                unsynced = 0;
+            }
             match piece {
                 Piece::Bytes(b) => {
                     w.write_all(&b).map_err(out_err)?;
+                    unsynced += b.len() as u64;
                     let _ = back_tx.send(b); // the main side may be gone
                 }
                 Piece::Copy { shard, t } => {
@@ -87,10 +112,16 @@ pub fn spawn_writer<'scope, 'a: 'scope, W: Write + Send + 'scope>(
                         shards.read(shard, t, done, &mut chunk)?;
                         w.write_all(&chunk).map_err(out_err)?;
                         done += n as u64;
+                        unsynced += n as u64;
                     }
                 }
             }
         }
+        drop(sync_tx);
+        syncer
+            .join()
+            .map_err(|_| Error::Internal("the output syncer panicked".into()))?
+            .map_err(out_err)?;
         w.flush().map_err(out_err)
     });
     (
