@@ -27,9 +27,9 @@ pub enum Piece<'a> {
 const POOL: usize = 4;
 
 /// Bytes written between two `fdatasync`s (on the syncer thread): the
-/// disk writes the output
-/// while later tensors merge, instead of during the final `fsync` before
-/// the rename (measured: 1.5 s of a 10 s merge, every core idle).
+/// disk writes the output while later tensors merge, instead of during the
+/// final `fsync` before the rename (measured: 1.5 s of a 10 s merge, every
+/// core idle).
 const SYNC_EVERY: u64 = 16 << 20;
 
 /// The sending side of the writer.

@@ -16,6 +16,10 @@ use crate::gguf::{GgmlType, GgufTensor};
 /// (4 MiB blocks ran about 10% slower).
 const BLOCK_VALUES: usize = 1 << 17;
 
+/// Rows per block at least: OpenBLAS packs the whole adapter `A` (r × cols)
+/// for every product, so a block of few long rows spends its time packing.
+const MIN_BLOCK_ROWS: usize = 64;
+
 /// One adapter's update to a tensor: `B` (rows×r, every scale folded in)
 /// and `A` (r×cols), in f32.
 pub struct Update {
@@ -93,7 +97,9 @@ pub fn merge_tensor(
         .tensor_bytes(&[cols as u64, 1])
         .ok_or_else(|| Error::Internal(format!("{}: {out} does not fit rows of {cols}", t.name)))?
         as usize;
-    let block = (BLOCK_VALUES / cols.max(1)).clamp(1, rows.max(1));
+    let block = (BLOCK_VALUES / cols.max(1))
+        .max(MIN_BLOCK_ROWS)
+        .clamp(1, rows.max(1));
     let job = Job {
         shards,
         shard,
