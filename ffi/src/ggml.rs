@@ -53,27 +53,28 @@ pub fn can_quantize(type_id: u32) -> bool {
     supported.contains(&type_id) && !unsafe { sys::ggml_quantize_requires_imatrix(type_id as _) }
 }
 
-/// Quantize `data` (rows of `n_per_row`) to ggml type `type_id` with ggml's
-/// own `ggml_quantize_chunk`.
-pub fn quantize(type_id: u32, data: &[f32], n_per_row: usize) -> Result<Vec<u8>> {
+/// The bytes `data`, rows of `n_per_row` values, take in ggml type
+/// `type_id`: an error unless they are whole rows of whole blocks.
+fn quantized_len(type_id: u32, data: &[f32], n_per_row: usize) -> Result<usize> {
     let (blck, size) =
         type_traits(type_id).ok_or_else(|| Error::Ggml(format!("unknown type {type_id}")))?;
     if n_per_row == 0 || data.len() % n_per_row != 0 || n_per_row as u64 % blck != 0 {
         return Err(Error::Ggml("data is not whole rows of whole blocks".into()));
     }
-    let nrows = data.len() / n_per_row;
-    let mut out = vec![0u8; (n_per_row as u64 / blck * size) as usize * nrows];
+    Ok((n_per_row as u64 / blck * size) as usize * (data.len() / n_per_row))
+}
+
+/// Quantize `data` (rows of `n_per_row`) to ggml type `type_id` with ggml's
+/// own `ggml_quantize_chunk`.
+pub fn quantize(type_id: u32, data: &[f32], n_per_row: usize) -> Result<Vec<u8>> {
+    let mut out = vec![0u8; quantized_len(type_id, data, n_per_row)?];
     quantize_into(type_id, data, n_per_row, &mut out)?;
     Ok(out)
 }
 
 /// [`quantize`] into `out`, which must hold exactly the quantized rows.
 pub fn quantize_into(type_id: u32, data: &[f32], n_per_row: usize, out: &mut [u8]) -> Result<()> {
-    let (blck, size) =
-        type_traits(type_id).ok_or_else(|| Error::Ggml(format!("unknown type {type_id}")))?;
-    if n_per_row == 0 || data.len() % n_per_row != 0 || n_per_row as u64 % blck != 0 {
-        return Err(Error::Ggml("data is not whole rows of whole blocks".into()));
-    }
+    let need = quantized_len(type_id, data, n_per_row)?;
     // SAFETY: type_id is valid (checked above).
     if unsafe { sys::ggml_quantize_requires_imatrix(type_id as _) } {
         return Err(Error::Ggml(format!(
@@ -81,7 +82,7 @@ pub fn quantize_into(type_id: u32, data: &[f32], n_per_row: usize, out: &mut [u8
         )));
     }
     let nrows = data.len() / n_per_row;
-    if out.len() as u64 != n_per_row as u64 / blck * size * nrows as u64 {
+    if out.len() != need {
         return Err(Error::Ggml(format!(
             "{} bytes given for {nrows} rows of {n_per_row}",
             out.len()

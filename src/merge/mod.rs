@@ -28,9 +28,6 @@ use pipeline::Piece;
 pub use shards::{Shards, SPLIT_KEYS};
 use tensor::{merge_tensor, Kept, Update};
 
-/// Bytes copied at a time for untouched tensors.
-pub(crate) const COPY_CHUNK: usize = 8 << 20;
-
 /// One adapter and its scale, parsed from `PATH[:SCALE]` as `check --lora`
 /// is.
 pub type MergeInput = crate::check::AdapterSpec;
@@ -322,10 +319,10 @@ pub fn merge(
         let (mut writer, wrote) = pipeline::spawn_writer(scope, &shards, file.writer(), out);
         let updates = pipeline::spawn_loader(scope, merged_names, load);
         let result = (|| -> Result<()> {
-            if !writer.send(Piece::Bytes(head.clone())) {
+            written += head.len() as u64;
+            if !writer.send(Piece::Bytes(head)) {
                 return Ok(()); // the writer failed; its error is reported below
             }
-            written += head.len() as u64;
             let data_start = written;
             let align = header.alignment();
             for (k, bt) in layout.iter().enumerate() {

@@ -11,7 +11,6 @@ use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use super::shards::Shards;
-use super::COPY_CHUNK;
 use crate::error::{Error, Result};
 use crate::gguf::GgufTensor;
 
@@ -25,6 +24,9 @@ pub enum Piece<'a> {
 
 /// Buffers kept for reuse.
 const POOL: usize = 4;
+
+/// Bytes copied at a time for untouched tensors.
+const COPY_CHUNK: usize = 8 << 20;
 
 /// Bytes written between two `fdatasync`s (on the syncer thread): the
 /// disk writes the output while later tensors merge, instead of during the
@@ -46,21 +48,18 @@ impl<'a> Writer<'a> {
         self.tx.send(p).is_ok()
     }
 
-    /// A buffer of `n` bytes with unspecified contents, reused when one
-    /// is free (zero-filled only where it has to grow).
+    /// A written buffer to reuse, the smallest free one with room for `n`
+    /// bytes (empty if none has); its length and contents are unspecified.
     pub fn buffer(&mut self, n: usize) -> Vec<u8> {
         self.pool.extend(self.back.try_iter());
+        // Keep the largest: padding and the header come back too.
+        self.pool
+            .sort_unstable_by_key(|b| std::cmp::Reverse(b.capacity()));
+        self.pool.truncate(POOL);
         let best = (0..self.pool.len())
             .filter(|&i| self.pool[i].capacity() >= n)
             .min_by_key(|&i| self.pool[i].capacity());
-        let mut b = best.map(|i| self.pool.swap_remove(i)).unwrap_or_default();
-        self.pool.truncate(POOL);
-        if b.len() > n {
-            b.truncate(n);
-        } else {
-            b.resize(n, 0);
-        }
-        b
+        best.map(|i| self.pool.swap_remove(i)).unwrap_or_default()
     }
 }
 

@@ -109,12 +109,9 @@ pub fn merge_tensor(
         in_row: t.size as usize / rows.max(1),
         out_row,
     };
-    // Every byte is written below: only the length matters.
-    if output.len() > out_row * rows {
-        output.truncate(out_row * rows);
-    } else {
-        output.resize(out_row * rows, 0);
-    }
+    // Every byte is written below: only the length matters (a reused
+    // buffer is zero-filled only where it grows).
+    output.resize(out_row * rows, 0);
     let kept = output
         .par_chunks_mut(out_row * block)
         .enumerate()

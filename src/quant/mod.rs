@@ -116,6 +116,21 @@ pub fn writable_type(want: GgmlType, ne0: u64) -> (GgmlType, Option<String>) {
     (got, Some(why))
 }
 
+/// Append `data` as 16-bit floats `T` (f16 or bf16) to `out`, a stack
+/// buffer at a time. half's slice conversion uses F16C when the CPU has it
+/// (detected at run time), rounding to nearest even like ggml.
+fn extend_half<T: bytemuck::Pod + Default>(data: &[f32], out: &mut Vec<u8>)
+where
+    [T]: HalfFloatSliceExt,
+{
+    let mut tmp = [T::default(); 4096];
+    for chunk in data.chunks(tmp.len()) {
+        let t = &mut tmp[..chunk.len()];
+        t.convert_from_f32_slice(chunk);
+        out.extend_from_slice(bytemuck::cast_slice(t));
+    }
+}
+
 /// Append `data` encoded as `ty` to `out`. `data.len()` must be a multiple
 /// of the type's block size; returns false (writing nothing) for a type
 /// loraguard does not encode or data that is not whole blocks.
@@ -127,24 +142,8 @@ pub fn encode_into(ty: GgmlType, data: &[f32], out: &mut Vec<u8>) -> bool {
     );
     match ty {
         GgmlType::F32 => out.extend_from_slice(bytemuck::cast_slice(data)),
-        GgmlType::F16 => {
-            // half's slice conversion uses F16C when the CPU has it
-            // (detected at run time), rounding to nearest even like ggml.
-            let mut tmp = [f16::ZERO; 4096];
-            for chunk in data.chunks(tmp.len()) {
-                let t = &mut tmp[..chunk.len()];
-                t.convert_from_f32_slice(chunk);
-                out.extend_from_slice(bytemuck::cast_slice(t));
-            }
-        }
-        GgmlType::BF16 => {
-            let mut tmp = [bf16::ZERO; 4096];
-            for chunk in data.chunks(tmp.len()) {
-                let t = &mut tmp[..chunk.len()];
-                t.convert_from_f32_slice(chunk);
-                out.extend_from_slice(bytemuck::cast_slice(t));
-            }
-        }
+        GgmlType::F16 => extend_half::<f16>(data, out),
+        GgmlType::BF16 => extend_half::<bf16>(data, out),
         GgmlType::Q8_0 => {
             assert!(data.len() % QK8_0 == 0, "Q8_0 data must be whole blocks");
             out.reserve(data.len() / QK8_0 * 34);

@@ -49,9 +49,7 @@ pub fn quantize(x: &[f32], out: &mut [u8]) -> Result<()> {
 
 /// `x` through ggml's own quantizer.
 fn by_ggml(x: &[f32], out: &mut [u8]) -> Result<()> {
-    let q = crate::ggml::quantize(llama_cpp_sys_2::GGML_TYPE_Q4_K, x, QK_K)?;
-    out.copy_from_slice(&q);
-    Ok(())
+    crate::ggml::quantize_into(llama_cpp_sys_2::GGML_TYPE_Q4_K, x, QK_K, out)
 }
 
 #[cfg(test)]
