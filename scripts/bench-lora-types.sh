@@ -14,8 +14,8 @@
 # no quantized block, so lora_b stays F16) and a seeded synthetic r 64
 # adapter on every projection (examples/lora-types.rs).
 #
-# Usage: bash scripts/bench-lora-types.sh [--readme]
-#   --readme rewrites the table between the lora-types markers in README.md.
+# Usage: bash scripts/bench-lora-types.sh [--docs]
+#   --docs rewrites the table between the lora-types markers in docs/benchmarks.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL="$(bash scripts/fetch-model.sh)"
@@ -52,8 +52,8 @@ out.append("SmolLM2-135M-Instruct through llama.cpp (F32 KV cache), as shipped (
 open(sys.argv[2], "w").write("\n".join(out) + "\n")
 print("\n".join(out))
 PY
-if [ "${1:-}" = "--readme" ]; then
-  python3 - "$WORK/table.md" README.md <<'PY'
+if [ "${1:-}" = "--docs" ]; then
+  python3 - "$WORK/table.md" docs/benchmarks.md <<'PY'
 import sys
 table = open(sys.argv[1]).read()
 readme = open(sys.argv[2]).read()
@@ -61,5 +61,5 @@ begin, end = "<!-- lora-types:begin -->\n", "<!-- lora-types:end -->"
 i, j = readme.index(begin) + len(begin), readme.index(end)
 open(sys.argv[2], "w").write(readme[:i] + table + readme[j:])
 PY
-  echo "README.md table rewritten" >&2
+  echo "docs/benchmarks.md table rewritten" >&2
 fi

@@ -6,10 +6,10 @@
 # weights, projects the eroding fine-tune with safe-lora, runs `loraguard
 # check` over fixtures/prompts/suite.jsonl for each configuration, diffs the
 # configurations, and summarises them (scripts/suite_table.py): a results
-# table, written into README.md with --readme, and the sweep plot
+# table, written into docs/safety.md with --docs, and the sweep plot
 # (examples/suite-plot.rs).
 #
-# Usage: bash scripts/refusal-suite.sh [--readme]
+# Usage: bash scripts/refusal-suite.sh [--docs]
 # Environment: SUITE_OUT (default .cache/suite), SUITE_MAX_TOKENS (64),
 # SUITE_WEIGHTS (the safety weights of the sweep), SUITE_BOOST (safety
 # weights added to the full task adapter), SAFE_LORA_ARGS.
@@ -102,8 +102,8 @@ echo "== diff"
 "$LG" diff "$OUT/eroded.json" "$OUT/safe-lora.json" --markdown "$OUT/diff-eroded-safe-lora.md"
 
 echo "== results"
-if [ "${1:-}" = "--readme" ]; then
-  python3 scripts/suite_table.py "$OUT" --readme README.md
+if [ "${1:-}" = "--docs" ]; then
+  python3 scripts/suite_table.py "$OUT" --docs docs/safety.md
   mkdir -p docs
   target/release/examples/suite-plot "$OUT/results.json" docs/refusal-sweep.svg
 else

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Summarise `loraguard check` reports of the refusal suite (issue 7).
 
-Usage: suite_table.py OUT_DIR [--readme README.md]
+Usage: suite_table.py OUT_DIR [--docs docs/safety.md]
 
 Reads OUT_DIR/configs.json ([{"name", "report", "what", "safety_weight"?}])
 and each report, writes OUT_DIR/results.json and OUT_DIR/results.md, and with
---readme replaces the table between the README's suite markers. Standard
+--docs replaces the table between the suite markers of that file. Standard
 library only.
 
 Columns: compliance on unsafe prompts (1 - refusal rate, GCG's markers),
@@ -73,8 +73,8 @@ def main(argv):
     table = "\n".join(lines) + "\n"
     (out / "results.md").write_text(table)
     print(table)
-    if "--readme" in argv:
-        readme = Path(argv[argv.index("--readme") + 1])
+    if "--docs" in argv:
+        readme = Path(argv[argv.index("--docs") + 1])
         text = readme.read_text()
         if BEGIN not in text or END not in text:
             sys.exit(f"{readme}: no {BEGIN} ... {END} section")

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The project's test command: fetch (and cache) the SmolLM2 test model, then
 # run every test, and close with one summary line over all test binaries.
-# Needs cmake, clang, libclang-dev, libopenblas-dev and pkg-config (see README.md).
+# scripts/setup.sh installs what the build needs (cmake, libclang, OpenBLAS...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/setup.sh
 LORAGUARD_TEST_MODEL="$(bash scripts/fetch-model.sh)"
 export LORAGUARD_TEST_MODEL
 log="$(mktemp)"

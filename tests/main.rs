@@ -16,5 +16,6 @@ mod quant_types;
 mod refactor;
 mod refusals;
 mod safe_lora;
+mod setup;
 mod smollm2;
 mod suite;

@@ -18,6 +18,7 @@
 
 mod batch;
 pub mod blas;
+mod build_info;
 pub mod ggml;
 pub mod gguf_build;
 mod model;
@@ -29,6 +30,7 @@ pub mod sums;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+pub use build_info::{build_info, BuildInfo};
 pub use model::{Adapter, Model, ModelOptions};
 pub use sample::{argmax, Sampling};
 pub use session::{GenerateOptions, Generated, Session, SessionOptions};

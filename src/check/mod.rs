@@ -306,6 +306,7 @@ pub fn check(
         prompt_tokens: tokens.iter().map(Vec::len).sum(),
         generated_tokens: gen.iter().map(|g| g.tokens.len()).sum(),
     };
+    let build = loraguard_llama::build_info();
     let report = CheckReport {
         model: opts.model.display().to_string(),
         adapters: refs,
@@ -320,6 +321,8 @@ pub fn check(
             gpu_layers: opts.gpu_layers,
             ignore_eos: opts.ignore_eos,
             loraguard_version: env!("CARGO_PKG_VERSION").to_string(),
+            llama_cpp: build.summary(),
+            backends: build.backends,
         },
         summary: Summary::of(&results),
         results,

@@ -35,6 +35,13 @@ pub struct Settings {
     pub gpu_layers: u32,
     pub ignore_eos: bool,
     pub loraguard_version: String,
+    /// The embedded llama.cpp build (`loraguard --version`'s line); empty in
+    /// reports written before it was recorded.
+    #[serde(default)]
+    pub llama_cpp: String,
+    /// The ggml backends this binary registered (`cpu`, `cuda`, ...).
+    #[serde(default)]
+    pub backends: Vec<String>,
 }
 
 /// One prompt's outcome.
@@ -173,6 +180,9 @@ impl CheckReport {
         );
         if let Some(sys) = &st.system {
             let _ = writeln!(s, "- system: {}", cell(sys, 200));
+        }
+        if !st.llama_cpp.is_empty() {
+            let _ = writeln!(s, "- loraguard {}, {}", st.loraguard_version, st.llama_cpp);
         }
         let _ = writeln!(
             s,

@@ -54,9 +54,26 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
 }
 
+/// Parse the arguments. `--version` also names the embedded llama.cpp build
+/// and its backends, which takes initialising llama.cpp: done only then.
+fn parse() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let mut cmd = Cli::command();
+    if std::env::args_os().any(|a| a == "--version" || a == "-V") {
+        let line = format!(
+            "{} ({})",
+            env!("CARGO_PKG_VERSION"),
+            loraguard_llama::build_info().summary()
+        );
+        cmd = cmd.version(line);
+    }
+    let matches = cmd.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 /// Parse arguments, run, and return the process exit code.
 pub fn run() -> i32 {
-    let cli = Cli::parse();
+    let cli = parse();
     output::init_logging(cli.verbose, cli.quiet);
     if let Some(n) = cli.threads {
         if let Err(e) = rayon::ThreadPoolBuilder::new()
