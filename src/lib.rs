@@ -26,6 +26,7 @@ pub mod fuse;
 pub mod gguf;
 pub mod hash;
 pub mod inspect;
+pub mod judge;
 pub mod linalg;
 pub mod matrix;
 pub mod merge;

@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use loraguard::analyze::source::gguf_tensor_f32;
-use loraguard::check::markers::Markers;
 use loraguard::check::prompts::load_prompts;
 use loraguard::check::{check, AdapterSpec, CheckOptions, Template};
 use loraguard::convert::OutType;
 use loraguard::gguf::{GgmlType, GgufFile, GgufWriter, MetaValue, TensorDesc};
+use loraguard::judge::{Judge, Verdict};
 use loraguard::llama::{default_threads, Sampling};
 
 use crate::common::*;
@@ -38,7 +38,7 @@ fn options(adapters: Vec<AdapterSpec>, parallel: u32) -> CheckOptions {
         system: None,
         template: Template::Model,
         sampling: Sampling::Greedy,
-        markers: Markers::default(),
+        judge: Judge::Rules,
         threads: default_threads(),
         parallel,
         gpu_layers: 0,
@@ -108,11 +108,20 @@ fn a_converted_refusal_adapter_makes_the_model_refuse_and_scale_zero_is_the_base
         let r = &on.summary.by_label[label];
         assert!(r.refusal_rate >= 0.9, "{label}: {r:?}");
     }
+    // Every refusal says why, and the report names the judge.
     assert!(on
         .results
         .iter()
         .filter(|r| r.refused)
-        .all(|r| r.marker.is_some()));
+        .all(|r| r.verdict.is_some_and(Verdict::refused)
+            && r.evidence.as_ref().is_some_and(|e| e.rule.is_some())));
+    assert_eq!(on.settings.judge, "rules-v1");
+    assert!(on.settings.llama_cpp.contains("llama-cpp-sys-2"));
+    assert!(
+        on.settings.backends.iter().any(|b| b == "cpu"),
+        "{:?}",
+        on.settings.backends
+    );
     assert_eq!(on.adapters.len(), 1);
     assert_eq!(on.adapters[0].sha256.len(), 64);
     let texts = |r: &loraguard::check::report::CheckReport| -> Vec<String> {

@@ -10,6 +10,7 @@ mod convert_e2e;
 mod fuse;
 mod ggml_parity;
 mod interrupt;
+mod judge;
 mod merge;
 mod properties;
 mod quant_types;

@@ -11,6 +11,7 @@ use loraguard::check::report::CheckReport;
 use loraguard::check::{check, AdapterSpec, CheckOptions, Template};
 use loraguard::convert::{ConvertOptions, OutType};
 use loraguard::fuse::{fuse, FuseInput, FuseOptions, Method};
+use loraguard::judge::Judge;
 use loraguard::llama::{default_threads, Sampling};
 
 use crate::common::*;
@@ -45,7 +46,8 @@ fn run(prompts: &Path, adapters: &[&Path]) -> CheckReport {
         system: None,
         template: Template::Model,
         sampling: Sampling::Greedy,
-        markers: Markers::default(),
+        // The figures below were measured with GCG's markers.
+        judge: Judge::Markers(Markers::default()),
         threads: default_threads(),
         parallel: 32,
         gpu_layers: 0,

@@ -9,6 +9,7 @@
 
 pub mod diff;
 pub mod gates;
+pub mod junit;
 pub mod markers;
 pub mod prompts;
 pub mod report;
@@ -20,7 +21,7 @@ use loraguard_llama::{GenerateOptions, Model, ModelOptions, Sampling, Session, S
 
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
-use markers::Markers;
+use crate::judge::Judge;
 use prompts::Prompt;
 use report::{AdapterRef, CheckReport, ResultRow, Settings, Summary};
 
@@ -66,7 +67,8 @@ pub struct CheckOptions {
     pub system: Option<String>,
     pub template: Template,
     pub sampling: Sampling,
-    pub markers: Markers,
+    /// How refusals are judged (the rules by default; `Judge::Markers` is the old GCG rule).
+    pub judge: Judge,
     pub threads: i32,
     /// Sequences decoded at once.
     pub parallel: u32,
@@ -288,14 +290,19 @@ pub fn check(
         .iter()
         .zip(&gen)
         .map(|(p, g)| {
-            let marker = opts.markers.find(&g.text).map(String::from);
+            let j = opts.judge.judge(&p.prompt, &g.text);
             ResultRow {
                 id: p.id.clone(),
                 prompt: p.prompt.clone(),
                 label: p.label.clone(),
                 output: g.text.clone(),
-                refused: marker.is_some(),
-                marker,
+                refused: j.refused,
+                marker: match opts.judge {
+                    Judge::Markers(_) => j.evidence.text.clone(),
+                    _ => None,
+                },
+                verdict: Some(j.verdict),
+                evidence: Some(j.evidence),
                 tokens: g.tokens.len(),
             }
         })
@@ -315,7 +322,11 @@ pub fn check(
             system: opts.system.clone(),
             sampling: sampling_name(&opts.sampling),
             chat_template: template_name,
-            markers: opts.markers.source.clone(),
+            markers: match &opts.judge {
+                Judge::Markers(m) => m.source.clone(),
+                _ => "none".into(),
+            },
+            judge: opts.judge.name(),
             threads: opts.threads,
             parallel,
             gpu_layers: opts.gpu_layers,

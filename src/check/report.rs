@@ -7,6 +7,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::judge::stats::wilson;
+use crate::judge::{Evidence, Verdict};
 
 /// The label under which unlabelled prompts are summarised.
 pub const UNLABELED: &str = "(unlabeled)";
@@ -28,8 +30,12 @@ pub struct Settings {
     pub sampling: String,
     /// `"model"` (the GGUF's own template), a template name, or `"raw"`.
     pub chat_template: String,
-    /// `"gcg"` or the marker file.
+    /// `"gcg"` or the marker file when the judge is `markers`, else `"none"`.
     pub markers: String,
+    /// The refusal judge and its version (`rules-v1`, `markers:gcg`); empty in
+    /// reports written before judges were named (they used GCG's markers).
+    #[serde(default)]
+    pub judge: String,
     pub threads: i32,
     pub parallel: u32,
     pub gpu_layers: u32,
@@ -52,8 +58,14 @@ pub struct ResultRow {
     pub label: Option<String>,
     pub output: String,
     pub refused: bool,
-    /// The refusal marker that matched, if any.
+    /// The refusal marker that matched, if the judge is `markers`.
     pub marker: Option<String>,
+    /// The judge's verdict (absent in reports written before verdicts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+    /// Why the judge decided so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Evidence>,
     /// Generated tokens (the end-of-generation token excluded).
     pub tokens: usize,
 }
@@ -64,18 +76,27 @@ pub struct Rate {
     pub n: usize,
     pub refused: usize,
     pub refusal_rate: f64,
+    /// The 95% Wilson interval of `refusal_rate`.
+    #[serde(default)]
+    pub refusal_ci95: [f64; 2],
+    /// Of `refused`, the partial refusals.
+    #[serde(default)]
+    pub partial: usize,
 }
 
 impl Rate {
     fn of<'a>(rows: impl Iterator<Item = &'a ResultRow>) -> Rate {
-        let (mut n, mut refused) = (0, 0);
+        let (mut n, mut refused, mut partial) = (0, 0, 0);
         for r in rows {
             n += 1;
             refused += usize::from(r.refused);
+            partial += usize::from(r.verdict == Some(Verdict::Partial));
         }
         Rate {
             n,
             refused,
+            refusal_ci95: wilson(refused, n),
+            partial,
             refusal_rate: if n == 0 {
                 0.0
             } else {
@@ -91,6 +112,9 @@ pub struct Summary {
     pub n: usize,
     pub refused: usize,
     pub refusal_rate: f64,
+    /// The 95% Wilson interval of `refusal_rate`.
+    #[serde(default)]
+    pub refusal_ci95: [f64; 2],
     /// Per label; unlabelled prompts appear under [`UNLABELED`].
     pub by_label: BTreeMap<String, Rate>,
 }
@@ -115,6 +139,7 @@ impl Summary {
             n: all.n,
             refused: all.refused,
             refusal_rate: all.refusal_rate,
+            refusal_ci95: all.refusal_ci95,
             by_label,
         }
     }
@@ -158,6 +183,34 @@ impl CheckReport {
         })
     }
 
+    /// The refusal rates by label, with 95% Wilson intervals, as a Markdown table.
+    pub fn rates_markdown(&self) -> String {
+        let mut s = String::from(
+            "\n| label | n | refused | partial | refusal rate (95% CI) |\n|---|---:|---:|---:|---:|\n",
+        );
+        let row = |s: &mut String, l: &str, n: usize, refused: usize, partial: usize| {
+            let r = crate::judge::stats::RateCi::new(refused, n);
+            let _ = writeln!(
+                s,
+                "| {} | {n} | {refused} | {partial} | {} |",
+                cell(l, 60),
+                r.percent()
+            );
+        };
+        for (l, r) in &self.summary.by_label {
+            row(&mut s, l, r.n, r.refused, r.partial);
+        }
+        let partial = self.summary.by_label.values().map(|r| r.partial).sum();
+        row(
+            &mut s,
+            "**all**",
+            self.summary.n,
+            self.summary.refused,
+            partial,
+        );
+        s
+    }
+
     /// A Markdown rendering: settings, rates by label, then every result.
     pub fn to_markdown(&self) -> String {
         let mut s = String::new();
@@ -175,8 +228,15 @@ impl CheckReport {
         let st = &self.settings;
         let _ = writeln!(
             s,
-            "- decoding: {}, up to {} tokens, template {}, markers {}",
-            st.sampling, st.max_tokens, st.chat_template, st.markers
+            "- decoding: {}, up to {} tokens, template {}, judge {}",
+            st.sampling,
+            st.max_tokens,
+            st.chat_template,
+            if st.judge.is_empty() {
+                "markers:gcg"
+            } else {
+                &st.judge
+            }
         );
         if let Some(sys) = &st.system {
             let _ = writeln!(s, "- system: {}", cell(sys, 200));
@@ -184,40 +244,33 @@ impl CheckReport {
         if !st.llama_cpp.is_empty() {
             let _ = writeln!(s, "- loraguard {}, {}", st.loraguard_version, st.llama_cpp);
         }
+        s.push_str(&self.rates_markdown());
         let _ = writeln!(
             s,
-            "\n| label | n | refused | refusal rate |\n|---|---:|---:|---:|"
-        );
-        for (l, r) in &self.summary.by_label {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {:.1}% |",
-                cell(l, 60),
-                r.n,
-                r.refused,
-                100.0 * r.refusal_rate
-            );
-        }
-        let sm = &self.summary;
-        let _ = writeln!(
-            s,
-            "| **all** | {} | {} | {:.1}% |",
-            sm.n,
-            sm.refused,
-            100.0 * sm.refusal_rate
-        );
-        let _ = writeln!(
-            s,
-            "\n| id | label | refused | marker | prompt | output |\n|---|---|---|---|---|---|"
+            "\n| id | label | verdict | evidence | prompt | output |\n|---|---|---|---|---|---|"
         );
         for r in &self.results {
+            let verdict = match r.verdict {
+                Some(v) => v.as_str(),
+                None if r.refused => "refusal",
+                None => "compliance",
+            };
+            let evidence = match (&r.evidence, &r.marker) {
+                (Some(e), _) => [e.rule.as_deref(), e.text.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(": "),
+                (None, Some(m)) => m.clone(),
+                (None, None) => String::new(),
+            };
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | {} | {} | {} |",
                 cell(&r.id, 40),
                 cell(label_of(r), 40),
-                if r.refused { "yes" } else { "no" },
-                r.marker.as_deref().map(|m| cell(m, 40)).unwrap_or_default(),
+                verdict,
+                cell(&evidence, 80),
                 cell(&r.prompt, 120),
                 cell(&r.output, 300)
             );

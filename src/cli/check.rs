@@ -5,12 +5,14 @@ use std::path::PathBuf;
 use clap::Args;
 use loraguard::atomic::write_atomic;
 use loraguard::check::gates::{evaluate, Gate, GateKind};
+use loraguard::check::junit::junit;
 use loraguard::check::markers::Markers;
 use loraguard::check::prompts::load_prompts;
 use loraguard::check::{check, AdapterSpec, CheckOptions, Template};
+use loraguard::judge::Judge;
 use loraguard::llama::{default_threads, Sampling};
 
-use super::output::{print_stdout, progress_of, Ui, EXIT_GATE, EXIT_OK};
+use super::output::{print_stdout, progress_of, step_summary, Ui, EXIT_GATE, EXIT_OK};
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
@@ -53,7 +55,12 @@ pub struct CheckArgs {
     /// Keep the most likely tokens up to this probability mass (with --seed).
     #[arg(long, default_value_t = 0.95, requires = "seed", value_name = "P")]
     pub top_p: f32,
-    /// Replace the refusal markers (GCG's list) with this file's lines.
+    /// The refusal judge: `rules` (how the answer starts; the default) or
+    /// `markers` (GCG's marker list anywhere in the output, the old rule).
+    #[arg(long, value_name = "NAME", default_value = "rules")]
+    pub judge: String,
+    /// Judge by this file's markers (one per line) anywhere in the output,
+    /// the old rule with another list (implies `--judge markers`).
     #[arg(long, value_name = "FILE")]
     pub refusal_markers: Option<PathBuf>,
     /// Prompts decoded at once as parallel sequences of one context.
@@ -71,6 +78,10 @@ pub struct CheckArgs {
     /// Write a Markdown report here.
     #[arg(long, value_name = "OUT.md")]
     pub markdown: Option<PathBuf>,
+    /// Write the gates as JUnit XML here: a testcase per gate, and one per
+    /// prompt whose verdict broke a gate.
+    #[arg(long, value_name = "OUT.xml")]
+    pub junit: Option<PathBuf>,
     /// Fail (exit 3) when more than RATE of LABEL's prompts are answered
     /// without refusal. LABEL `*` means all prompts. Repeatable.
     #[arg(long, value_name = "LABEL=RATE")]
@@ -102,9 +113,15 @@ pub fn run(args: CheckArgs, ui: &Ui, threads: Option<usize>) -> anyhow::Result<i
         gates.push(Gate::parse(GateKind::MaxRefusal, g)?);
     }
     let prompts = load_prompts(&args.prompts, args.column.as_deref())?;
-    let markers = match &args.refusal_markers {
-        Some(p) => Markers::from_file(p)?,
-        None => Markers::default(),
+    let judge = match &args.refusal_markers {
+        Some(p) if matches!(args.judge.as_str(), "rules" | "markers" | "gcg") => {
+            Judge::Markers(Markers::from_file(p)?)
+        }
+        Some(_) => anyhow::bail!(loraguard::error::Error::Usage(format!(
+            "--refusal-markers is the markers judge; it cannot be combined with --judge {}",
+            args.judge
+        ))),
+        None => Judge::by_name(&args.judge)?,
     };
     let opts = CheckOptions {
         model: args.model,
@@ -125,7 +142,7 @@ pub fn run(args: CheckArgs, ui: &Ui, threads: Option<usize>) -> anyhow::Result<i
                 top_p: args.top_p,
             },
         },
-        markers,
+        judge,
         threads: threads.map_or_else(default_threads, |n| n.clamp(1, i32::MAX as usize) as i32),
         parallel: args.parallel,
         gpu_layers: args.gpu_layers,
@@ -142,28 +159,42 @@ pub fn run(args: CheckArgs, ui: &Ui, threads: Option<usize>) -> anyhow::Result<i
     if let Some(p) = &args.markdown {
         write_atomic(p, report.to_markdown().as_bytes())?;
     }
+    if let Some(p) = &args.junit {
+        write_atomic(p, junit(&report, &gates, &violations).as_bytes())?;
+    }
+    step_summary(&format!(
+        "### loraguard check: `{}`{}\n\njudge `{}`\n{}{}",
+        report.model,
+        report
+            .adapters
+            .iter()
+            .map(|a| format!(" + `{}` × {}", a.path, a.scale))
+            .collect::<String>(),
+        report.settings.judge,
+        report.rates_markdown(),
+        violations
+            .iter()
+            .map(|v| format!("\n**gate failed:** {v}\n"))
+            .collect::<String>()
+    ));
     if !ui.quiet {
+        let line = |l: &str, n: usize, refused: usize, partial: usize| {
+            let r = loraguard::judge::stats::RateCi::new(refused, n);
+            format!(
+                "{l:<24} {n:>5} {refused:>8} {partial:>8}  {}\n",
+                r.percent()
+            )
+        };
         let mut s = format!(
-            "{:<24} {:>5} {:>8} {:>8}\n",
-            "label", "n", "refused", "rate"
+            "{:<24} {:>5} {:>8} {:>8}  refusal rate [95% CI] ({})\n",
+            "label", "n", "refused", "partial", report.settings.judge
         );
         for (l, r) in &report.summary.by_label {
-            s.push_str(&format!(
-                "{:<24} {:>5} {:>8} {:>7.1}%\n",
-                l,
-                r.n,
-                r.refused,
-                100.0 * r.refusal_rate
-            ));
+            s.push_str(&line(l, r.n, r.refused, r.partial));
         }
         let sm = &report.summary;
-        s.push_str(&format!(
-            "{:<24} {:>5} {:>8} {:>7.1}%\n",
-            "all",
-            sm.n,
-            sm.refused,
-            100.0 * sm.refusal_rate
-        ));
+        let partial = sm.by_label.values().map(|r| r.partial).sum();
+        s.push_str(&line("all", sm.n, sm.refused, partial));
         print_stdout(&s)?;
         let total = t.prompt_tokens + t.generated_tokens;
         ui.say(&format!(

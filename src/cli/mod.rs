@@ -8,6 +8,7 @@ mod diff;
 mod fuse;
 mod gguf_out;
 mod inspect;
+mod judge;
 mod merge;
 mod output;
 mod safe_lora;
@@ -48,6 +49,9 @@ pub enum Command {
     Merge(merge::MergeArgs),
     /// Run prompts through llama.cpp (with adapters) and measure refusals.
     Check(check::CheckArgs),
+    /// Judge existing answers: compliance, refusal or partial refusal, with
+    /// rates per label and agreement with human labels.
+    Judge(judge::JudgeArgs),
     /// Compare two `check --json` reports: refusal flips and rate deltas.
     Diff(diff::DiffArgs),
     /// Show what a PEFT adapter or GGUF file holds; with --base, whether an adapter fits.
@@ -93,6 +97,7 @@ pub fn run() -> i32 {
         Command::Merge(args) => merge::run(args, &ui),
         Command::Check(args) => check::run(args, &ui, cli.threads),
         Command::Diff(args) => diff::run(args, &ui),
+        Command::Judge(args) => judge::run(args, &ui),
     };
     match result {
         Ok(code) => code,

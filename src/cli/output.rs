@@ -154,3 +154,24 @@ pub fn print_stdout(text: &str) -> anyhow::Result<()> {
         other => Ok(other?),
     }
 }
+
+/// Append `markdown` to the file `$GITHUB_STEP_SUMMARY` names, when it is
+/// set (GitHub Actions renders it on the run's page). A failure to append is
+/// a warning: the reports themselves were written.
+pub fn step_summary(markdown: &str) {
+    let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY").filter(|p| !p.is_empty()) else {
+        return;
+    };
+    use std::io::Write as _;
+    let res = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(format!("{markdown}\n").as_bytes()));
+    if let Err(e) = res {
+        tracing::warn!(
+            "could not append to $GITHUB_STEP_SUMMARY ({}): {e}",
+            std::path::Path::new(&path).display()
+        );
+    }
+}
