@@ -142,7 +142,10 @@ pub fn clean(output: &str) -> String {
     }
     let mut t = text.as_str();
     for prefix in ["assistant:", "answer:", "response:", "ai:"] {
-        if t.len() >= prefix.len() && t[..prefix.len()].eq_ignore_ascii_case(prefix) {
+        // `get`: a byte index inside a multi-byte character is no prefix.
+        if t.get(..prefix.len())
+            .is_some_and(|h| h.eq_ignore_ascii_case(prefix))
+        {
             t = t[prefix.len()..].trim_start();
         }
     }
@@ -193,6 +196,14 @@ mod tests {
     fn markdown_fences_prefixes_and_quotes_come_off() {
         assert_eq!(clean("```json\n**Sorry**, no."), "Sorry, no.");
         assert_eq!(clean("Assistant:  \"I  cannot\n help\""), "I cannot help\"");
+    }
+
+    #[test]
+    fn non_ascii_openings_do_not_panic_the_prefix_check() {
+        // "日本" is 6 bytes: byte 3 (the length of "ai:") is inside a character.
+        assert_eq!(clean("日本語の答え"), "日本語の答え");
+        assert_eq!(clean("éé: no"), "éé: no");
+        assert_eq!(clean("AI: Sorry."), "Sorry.");
     }
 
     #[test]
