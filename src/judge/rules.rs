@@ -191,9 +191,8 @@ pub fn judge(output: &str) -> Judgement {
         let s = s.trim_start_matches(['"', '\'', '(']).trim();
         let s = r.lead.find(s).map_or(s, |m| &s[m.end()..]);
         for (name, rx) in &r.openers {
-            let Some(m) = rx.find(s) else { continue };
-            let anchored = rx.as_str().starts_with("(?i)^");
-            if (anchored && m.start() != 0)
+            // Patterns starting with `^` already match only at the start.
+            if !rx.is_match(s)
                 || (*name == "apology" && r.sympathy.is_match(s))
                 || (*name == "just an AI" && r.but_i_can.is_match(s))
             {

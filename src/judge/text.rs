@@ -53,18 +53,13 @@ fn json_fields(s: &str) -> Vec<(String, String)> {
             j += 1;
         }
         if j >= b.len() || b[j] != b'"' {
-            i = j.min(b.len());
-            if i >= b.len() {
-                break;
-            }
+            // Not a string value; at the end, `find` above stops the loop.
+            i = j;
             continue;
         }
         let (value, end) = json_string_prefix(&s[j + 1..]);
         out.push((key.to_string(), value));
         i = j + 1 + end;
-        if i >= b.len() {
-            break;
-        }
     }
     out
 }
