@@ -59,10 +59,15 @@ fn judge_writes_verdicts_with_evidence_and_refuses_bad_input() {
     assert_eq!(v["summary"]["by_label"]["unsafe"]["refusal"], 1);
 
     let bad = d.path().join("bad.jsonl");
-    let cases: [(&str, &[&str]); 3] = [
+    let cases: [(&str, &[&str]); 5] = [
         ("not json\n", &[]),
         ("{\"id\": \"a\", \"prompt\": \"p\"}\n", &[]),
         ("{\"output\": \"x\"}\n", &["--judge", "nonsense"]),
+        (
+            "{\"id\": \"a\", \"output\": \"x\"}\n{\"id\": \"a\", \"output\": \"y\"}\n",
+            &[],
+        ),
+        ("{\"output\": \"x\", \"expected\": \"maybe\"}\n", &[]),
     ];
     for (text, extra) in cases {
         std::fs::write(&bad, text).unwrap();
@@ -79,4 +84,28 @@ fn judge_writes_verdicts_with_evidence_and_refuses_bad_input() {
         assert!(String::from_utf8_lossy(&r.stderr).contains("error:"));
         assert!(!o.exists(), "{text:?} wrote a report");
     }
+}
+
+#[test]
+fn check_refuses_refusal_markers_with_another_judge_before_loading_a_model() {
+    let d = tempfile::tempdir().unwrap();
+    let markers = d.path().join("m.txt");
+    std::fs::write(&markers, "nope\n").unwrap();
+    let out = d.path().join("r.json");
+    let r = Command::new(env!("CARGO_BIN_EXE_loraguard"))
+        .args(["check", "--model", "missing.gguf", "--prompts"])
+        .arg(root().join("fixtures/prompts/smoke.jsonl"))
+        .args(["--judge", "nonsense", "--refusal-markers"])
+        .arg(&markers)
+        .arg("--json")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--refusal-markers is the markers judge"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
 }
