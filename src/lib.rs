@@ -35,6 +35,7 @@ pub mod peft;
 pub mod quant;
 pub mod safelora;
 pub mod spec;
+pub mod tune;
 
 pub use error::{Error, Result};
 /// The llama.cpp wrapper crate, re-exported for tests and embedders.

@@ -10,10 +10,7 @@ use ndarray::Array2;
 use crate::common::*;
 
 fn input(name: &str, weight: f64) -> FuseInput {
-    FuseInput {
-        path: tiny_adapter(name),
-        weight,
-    }
+    FuseInput::new(tiny_adapter(name), weight)
 }
 
 fn run(inputs: &[FuseInput], out: &Path, method: Method, rank: Option<usize>) -> FuseReport {
@@ -22,6 +19,8 @@ fn run(inputs: &[FuseInput], out: &Path, method: Method, rank: Option<usize>) ->
         rank,
         density: method.prunes().then_some(0.5),
         seed: 1,
+        protect: None,
+        side: Default::default(),
         base: Some(tiny_base()),
         convert: ConvertOptions::new(OutType::F32),
     };
@@ -51,8 +50,9 @@ fn weighted_sum(inputs: &[FuseInput]) -> std::collections::BTreeMap<String, Arra
     let mut sum = std::collections::BTreeMap::new();
     for i in inputs {
         for (m, d) in updates(&i.path) {
+            let w = i.weights.for_module(&m);
             let e = sum.entry(m).or_insert_with(|| Array2::zeros(d.dim()));
-            *e = &*e + &(d * i.weight);
+            *e = &*e + &(d * w);
         }
     }
     sum
@@ -66,10 +66,7 @@ fn rel(x: &Array2<f64>, y: &Array2<f64>) -> f64 {
 fn golden_pair() -> [FuseInput; 2] {
     [
         input("plain", 0.6),
-        FuseInput {
-            path: root().join("fixtures/fuse/plain-b"),
-            weight: 0.4,
-        },
+        FuseInput::new(root().join("fixtures/fuse/plain-b"), 0.4),
     ]
 }
 
@@ -92,6 +89,8 @@ fn fuse_pruned(
         rank,
         density: Some(density),
         seed,
+        protect: None,
+        side: Default::default(),
         base: None,
         convert: ConvertOptions::new(OutType::F32),
     };
@@ -180,6 +179,8 @@ fn linear_reports_its_cross_terms_and_needs_equal_ranks() {
         rank: None,
         density: None,
         seed: 0,
+        protect: None,
+        side: Default::default(),
         base: None,
         convert: ConvertOptions::new(OutType::F32),
     };
@@ -404,14 +405,8 @@ fn cat_of_rslora_adapters_is_scaled_once_unlike_peft_which_inherits_the_flag() {
         serde_json::from_slice(&std::fs::read(root().join("fixtures/fuse/expected.json")).unwrap())
             .unwrap();
     let inputs = [
-        FuseInput {
-            path: root().join("fixtures/fuse/rslora-a"),
-            weight: 0.6,
-        },
-        FuseInput {
-            path: root().join("fixtures/fuse/rslora-b"),
-            weight: 0.4,
-        },
+        FuseInput::new(root().join("fixtures/fuse/rslora-a"), 0.6),
+        FuseInput::new(root().join("fixtures/fuse/rslora-b"), 0.4),
     ];
     let out = dir.path().join("cat");
     run(&inputs, &out, Method::Cat, None);
@@ -429,7 +424,7 @@ fn cat_of_rslora_adapters_is_scaled_once_unlike_peft_which_inherits_the_flag() {
                 )
                 .unwrap()
             };
-            let d = f(&p.b).dot(&f(&p.a)) * (4.0 * i.weight);
+            let d = f(&p.b).dot(&f(&p.a)) * (4.0 * i.weights.for_module(&p.module));
             let e = want
                 .entry(p.module.clone())
                 .or_insert_with(|| Array2::zeros(d.dim()));
@@ -492,10 +487,7 @@ fn gguf_and_peft_inputs_fuse_in_gguf_layout() {
         OutType::F32,
     );
     let mixed = [
-        FuseInput {
-            path: plain_gguf.clone(),
-            weight: 0.6,
-        },
+        FuseInput::new(plain_gguf.clone(), 0.6),
         input("rslora-patterns", -0.4),
     ];
     let peft_only = [input("plain", 0.6), input("rslora-patterns", -0.4)];
@@ -509,6 +501,8 @@ fn gguf_and_peft_inputs_fuse_in_gguf_layout() {
             rank: Some(6),
             density: None,
             seed: 0,
+            protect: None,
+            side: Default::default(),
             base: Some(tiny_base()),
             convert: ConvertOptions::new(OutType::F32),
         };
@@ -546,17 +540,13 @@ fn gguf_and_peft_inputs_fuse_in_gguf_layout() {
         rank: None,
         density: None,
         seed: 0,
+        protect: None,
+        side: Default::default(),
         base: Some(tiny_base()),
         convert: ConvertOptions::new(OutType::F32),
     };
     let (x, y) = (dir.path().join("ex.gguf"), dir.path().join("ey.gguf"));
-    let ins = [
-        FuseInput {
-            path: embed_gguf,
-            weight: 0.5,
-        },
-        input("embed-head", 0.25),
-    ];
+    let ins = [FuseInput::new(embed_gguf, 0.5), input("embed-head", 0.25)];
     fuse(&ins, &x, &opts, &|_, _| {}).unwrap();
     fuse(&[input("embed-head", 0.75)], &y, &opts, &|_, _| {}).unwrap_err(); // one input is refused
     let single = [input("embed-head", 0.5), input("embed-head", 0.25)];
@@ -576,6 +566,8 @@ fn gguf_and_peft_inputs_fuse_in_gguf_layout() {
         rank: None,
         density: None,
         seed: 0,
+        protect: None,
+        side: Default::default(),
         base: None,
         convert: ConvertOptions::new(OutType::F32),
     };
@@ -595,18 +587,14 @@ fn fuse_refusals_say_why_and_write_nothing() {
         OutType::F32,
     );
     let peft = [input("plain", 0.6), input("gqa-k-only", 0.4)];
-    let mixed = [
-        FuseInput {
-            path: plain_gguf,
-            weight: 0.6,
-        },
-        input("gqa-k-only", 0.4),
-    ];
+    let mixed = [FuseInput::new(plain_gguf, 0.6), input("gqa-k-only", 0.4)];
     let opts = |method, density, base: Option<PathBuf>, truncation| FuseOptions {
         method,
         rank: None,
         density,
         seed: 0,
+        protect: None,
+        side: Default::default(),
         base,
         convert: ConvertOptions {
             truncation,
@@ -669,4 +657,107 @@ fn fuse_refusals_say_why_and_write_nothing() {
         assert!(!path.exists(), "{out} written");
     }
     assert!(FuseInput::parse("a:inf").is_err() && FuseInput::parse("a:NaN").is_err());
+}
+
+/// `orthogonal` (each side) and per-layer / per-kind weights against dense
+/// numpy (scripts/make-subspace-fixtures.py forms the d×d projectors).
+#[test]
+fn orthogonal_and_layer_weights_match_the_dense_numpy_goldens() {
+    use loraguard::fuse::Side;
+    let bytes = std::fs::read(root().join("fixtures/fuse/subspace-expected.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let plain = tiny_adapter("plain");
+    let plain_b = root().join("fixtures/fuse/plain-b");
+    let cases = [
+        (
+            "orth_column",
+            Method::Orthogonal,
+            Side::Column,
+            "1",
+            "1.5@1",
+        ),
+        ("orth_row", Method::Orthogonal, Side::Row, "1", "1.5@1"),
+        ("orth_both", Method::Orthogonal, Side::Both, "1", "1.5@1"),
+        (
+            "layers_cat",
+            Method::Cat,
+            Side::Column,
+            "1,0.5%down_proj",
+            "2@0",
+        ),
+    ];
+    let d = tempfile::tempdir().unwrap();
+    for (case, method, side, wt, ws) in cases {
+        let inputs = [
+            FuseInput::parse(&format!("{}:{wt}", plain.display())).unwrap(),
+            FuseInput::parse(&format!("{}:{ws}", plain_b.display())).unwrap(),
+        ];
+        let out = d.path().join(case);
+        let opts = FuseOptions {
+            method,
+            rank: None,
+            density: None,
+            seed: 0,
+            protect: Some(1),
+            side,
+            base: None,
+            convert: ConvertOptions::new(OutType::F32),
+        };
+        fuse(&inputs, &out, &opts, &|_, _| {}).unwrap();
+        let got: std::collections::BTreeMap<String, Array2<f64>> =
+            updates(&out).into_iter().collect();
+        let mut n = 0;
+        for (name, view) in st.tensors() {
+            let Some(module) = name.strip_prefix(&format!("{case}/")) else {
+                continue;
+            };
+            let shape = view.shape();
+            let want = Array2::from_shape_vec(
+                (shape[0], shape[1]),
+                view.data()
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            )
+            .unwrap();
+            let g = got
+                .get(module)
+                .unwrap_or_else(|| panic!("{case}: {module} missing"));
+            let e = rel(g, &want);
+            assert!(e < 1e-5, "{case} {module}: relative error {e}");
+            n += 1;
+        }
+        assert_eq!(n, 14, "{case}");
+    }
+}
+
+#[test]
+fn fuse_refuses_bad_weight_specs_and_an_all_zero_fusion() {
+    assert!(FuseInput::parse("a:1@9-2").is_err());
+    assert!(FuseInput::parse("a:1,x").is_err());
+    let i = FuseInput::parse("dir:name").unwrap();
+    assert_eq!(i.path, PathBuf::from("dir:name"));
+    let d = tempfile::tempdir().unwrap();
+    let inputs = [
+        FuseInput::new(tiny_adapter("plain"), 0.0),
+        FuseInput::parse(&format!(
+            "{}:1@7-9",
+            root().join("fixtures/fuse/plain-b").display()
+        ))
+        .unwrap(),
+    ];
+    let opts = FuseOptions {
+        method: Method::Cat,
+        rank: None,
+        density: None,
+        seed: 0,
+        protect: None,
+        side: Default::default(),
+        base: None,
+        convert: ConvertOptions::new(OutType::F32),
+    };
+    let out = d.path().join("o");
+    let e = fuse(&inputs, &out, &opts, &|_, _| {}).unwrap_err();
+    assert!(e.to_string().contains("weight 0"), "{e}");
+    assert!(!out.exists());
 }

@@ -20,3 +20,4 @@ mod safe_lora;
 mod setup;
 mod smollm2;
 mod suite;
+mod tune;

@@ -109,10 +109,8 @@ fn convert(name: &str, dir: &Path) -> PathBuf {
 /// fuse(task 1 - w, safety w) with cat, as a GGUF LoRA.
 fn fused(dir: &Path, w: f64) -> PathBuf {
     let out = dir.join(format!("fused-{w}.gguf"));
-    let fixture = |n: &str, weight: f64| FuseInput {
-        path: root().join("fixtures/smollm2").join(n),
-        weight,
-    };
+    let fixture =
+        |n: &str, weight: f64| FuseInput::new(root().join("fixtures/smollm2").join(n), weight);
     fuse(
         &[fixture("task-lora", 1.0 - w), fixture("safety-lora", w)],
         &out,
@@ -121,6 +119,8 @@ fn fused(dir: &Path, w: f64) -> PathBuf {
             rank: None,
             density: None,
             seed: 0,
+            protect: None,
+            side: Default::default(),
             base: Some(smollm2_model()),
             convert: ConvertOptions::new(OutType::F16),
         },

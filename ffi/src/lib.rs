@@ -24,6 +24,7 @@ pub mod gguf_build;
 mod model;
 pub mod q4_k;
 mod sample;
+mod score;
 mod session;
 pub mod sums;
 

@@ -23,6 +23,10 @@ pub struct SessionOptions {
     pub parallel: u32,
     /// Tokens per `llama_decode` call; 0 means `n_ctx`.
     pub n_batch: u32,
+    /// Tokens per physical batch; 0 means `n_batch` for one sequence and at
+    /// most 512 for several. Scoring sets it to `n_batch`, so each sequence
+    /// is evaluated in one piece, as it would be alone.
+    pub n_ubatch: u32,
 }
 
 impl Default for SessionOptions {
@@ -33,17 +37,19 @@ impl Default for SessionOptions {
             kv_f32: false,
             parallel: 1,
             n_batch: 0,
+            n_ubatch: 0,
         }
     }
 }
 
 /// A llama.cpp context on model `'m`, with adapters `'a` that outlive it.
 pub struct Session<'m, 'a> {
-    ptr: NonNull<sys::llama_context>,
-    model: &'m Model,
+    pub(crate) ptr: NonNull<sys::llama_context>,
+    pub(crate) model: &'m Model,
     n_ctx: u32,
-    parallel: u32,
-    n_batch: u32,
+    pub(crate) parallel: u32,
+    /// Tokens per decode, as llama.cpp clamped it (read back from the context).
+    pub(crate) n_batch: u32,
     _adapters: std::marker::PhantomData<&'a Adapter<'m>>,
 }
 
@@ -68,7 +74,9 @@ impl<'m, 'a> Session<'m, 'a> {
         .max(parallel);
         p.n_ctx = opts.n_ctx;
         p.n_batch = n_batch;
-        p.n_ubatch = if parallel == 1 {
+        p.n_ubatch = if opts.n_ubatch > 0 {
+            opts.n_ubatch.min(n_batch)
+        } else if parallel == 1 {
             n_batch
         } else {
             n_batch.min(512)
@@ -84,6 +92,8 @@ impl<'m, 'a> Session<'m, 'a> {
         // SAFETY: the model pointer is valid for 'm, which outlives the context.
         let raw = unsafe { sys::llama_init_from_model(model.raw(), p) };
         let ptr = NonNull::new(raw).ok_or(Error::Context)?;
+        // SAFETY: the context was just created and is valid.
+        let n_batch = unsafe { sys::llama_n_batch(ptr.as_ptr()) }.min(n_batch);
         Ok(Session {
             ptr,
             model,
@@ -119,11 +129,12 @@ impl<'m, 'a> Session<'m, 'a> {
     /// Run `tokens` as one fresh sequence and return the logits of every
     /// position, row-major `tokens.len() × n_vocab`.
     pub fn logits(&mut self, tokens: &[i32]) -> Result<Vec<f32>> {
-        if tokens.is_empty() || tokens.len() > self.n_ctx as usize {
+        if tokens.is_empty() || tokens.len() > self.n_ctx.min(self.n_batch) as usize {
             return Err(Error::Tokenize(format!(
-                "{} tokens do not fit a context of {}",
+                "{} tokens do not fit a context of {} (batch {})",
                 tokens.len(),
-                self.n_ctx
+                self.n_ctx,
+                self.n_batch
             )));
         }
         let n = tokens.len() as i32;

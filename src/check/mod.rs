@@ -141,7 +141,11 @@ fn sampling_name(s: &Sampling) -> String {
 }
 
 /// Render one prompt into the text the model sees.
-fn render(template: &Option<String>, system: Option<&str>, prompt: &str) -> Result<String> {
+pub(crate) fn render(
+    template: &Option<String>,
+    system: Option<&str>,
+    prompt: &str,
+) -> Result<String> {
     let Some(t) = template else {
         return Ok(prompt.to_string());
     };
@@ -261,6 +265,7 @@ pub fn check(
             kv_f32: false,
             parallel,
             n_batch: (max_len + parallel as usize).max(2048) as u32,
+            n_ubatch: 0,
         },
     )?;
     let active: Vec<_> = adapters
@@ -286,25 +291,31 @@ pub fn check(
         },
     )?;
     let generate_s = t1.elapsed().as_secs_f64();
+    // A model judge loads its own model; free the generation context first.
+    drop(session);
+    let items: Vec<(&str, &str)> = prompts
+        .iter()
+        .zip(&gen)
+        .map(|(p, g)| (p.prompt.as_str(), g.text.as_str()))
+        .collect();
+    let judged = opts.judge.judge_all(&items)?;
     let results: Vec<ResultRow> = prompts
         .iter()
         .zip(&gen)
-        .map(|(p, g)| {
-            let j = opts.judge.judge(&p.prompt, &g.text);
-            ResultRow {
-                id: p.id.clone(),
-                prompt: p.prompt.clone(),
-                label: p.label.clone(),
-                output: g.text.clone(),
-                refused: j.refused,
-                marker: match opts.judge {
-                    Judge::Markers(_) => j.evidence.text.clone(),
-                    _ => None,
-                },
-                verdict: Some(j.verdict),
-                evidence: Some(j.evidence),
-                tokens: g.tokens.len(),
-            }
+        .zip(judged)
+        .map(|((p, g), j)| ResultRow {
+            id: p.id.clone(),
+            prompt: p.prompt.clone(),
+            label: p.label.clone(),
+            output: g.text.clone(),
+            refused: j.refused,
+            marker: match opts.judge {
+                Judge::Markers(_) => j.evidence.text.clone(),
+                _ => None,
+            },
+            verdict: Some(j.verdict),
+            evidence: Some(j.evidence),
+            tokens: g.tokens.len(),
         })
         .collect();
     let timings = Timings {

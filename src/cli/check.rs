@@ -55,10 +55,15 @@ pub struct CheckArgs {
     /// Keep the most likely tokens up to this probability mass (with --seed).
     #[arg(long, default_value_t = 0.95, requires = "seed", value_name = "P")]
     pub top_p: f32,
-    /// The refusal judge: `rules` (how the answer starts; the default) or
-    /// `markers` (GCG's marker list anywhere in the output, the old rule).
-    #[arg(long, value_name = "NAME", default_value = "rules")]
+    /// The refusal judge: `rules` (how the answer starts; the default),
+    /// `markers` (GCG's marker list anywhere in the output, the old rule), or
+    /// a MODEL.gguf asked about each answer (see --judge-template).
+    #[arg(long, value_name = "NAME|MODEL.gguf", default_value = "rules")]
     pub judge: String,
+    /// A model judge's question: `refusal-question` (the default, for chat
+    /// models), `llama-guard-3`, or a JSON template file.
+    #[arg(long, value_name = "NAME|FILE")]
+    pub judge_template: Option<String>,
     /// Judge by this file's markers (one per line) anywhere in the output,
     /// the old rule with another list (implies `--judge markers`).
     #[arg(long, value_name = "FILE")]
@@ -121,7 +126,16 @@ pub fn run(args: CheckArgs, ui: &Ui, threads: Option<usize>) -> anyhow::Result<i
             "--refusal-markers is the markers judge; it cannot be combined with --judge {}",
             args.judge
         ))),
-        None => Judge::by_name(&args.judge)?,
+        None => Judge::parse(&args.judge, args.judge_template.as_deref())?,
+    };
+    let threads = threads.map_or_else(default_threads, |n| n.clamp(1, i32::MAX as usize) as i32);
+    let judge = match judge {
+        Judge::Model(mut m) => {
+            m.threads = threads;
+            m.gpu_layers = args.gpu_layers;
+            Judge::Model(m)
+        }
+        j => j,
     };
     let opts = CheckOptions {
         model: args.model,
@@ -143,7 +157,7 @@ pub fn run(args: CheckArgs, ui: &Ui, threads: Option<usize>) -> anyhow::Result<i
             },
         },
         judge,
-        threads: threads.map_or_else(default_threads, |n| n.clamp(1, i32::MAX as usize) as i32),
+        threads,
         parallel: args.parallel,
         gpu_layers: args.gpu_layers,
         ignore_eos: args.ignore_eos,

@@ -46,7 +46,7 @@ fn parse_energy(s: &str) -> Result<f64, String> {
     }
 }
 
-fn parse_outtype(s: &str) -> Result<OutType, String> {
+pub(super) fn parse_outtype(s: &str) -> Result<OutType, String> {
     OutType::parse(s).ok_or_else(|| {
         format!(
             "unknown outtype {s:?}; expected {} or auto",

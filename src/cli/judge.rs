@@ -16,9 +16,17 @@ pub struct JudgeArgs {
     /// person's "expected" verdict), or a `check --json` report.
     #[arg(value_name = "RESPONSES")]
     pub responses: PathBuf,
-    /// The judge: `rules` (the default) or `markers` (GCG's list anywhere).
-    #[arg(long, value_name = "NAME", default_value = "rules")]
+    /// The judge: `rules` (the default), `markers` (GCG's list anywhere), or
+    /// a MODEL.gguf asked about each answer (see --judge-template).
+    #[arg(long, value_name = "NAME|MODEL.gguf", default_value = "rules")]
     pub judge: String,
+    /// A model judge's question: `refusal-question` (the default, for chat
+    /// models), `llama-guard-3`, or a JSON template file.
+    #[arg(long, value_name = "NAME|FILE")]
+    pub judge_template: Option<String>,
+    /// Model layers of a judge model to offload to the GPU.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub gpu_layers: u32,
     /// The markers judge with this file's markers, one per line.
     #[arg(long, value_name = "FILE", conflicts_with = "judge")]
     pub refusal_markers: Option<PathBuf>,
@@ -33,11 +41,18 @@ pub struct JudgeArgs {
 pub fn run(args: JudgeArgs, ui: &Ui) -> anyhow::Result<i32> {
     let judge = match &args.refusal_markers {
         Some(p) => Judge::Markers(Markers::from_file(p)?),
-        None => Judge::by_name(&args.judge)?,
+        None => Judge::parse(&args.judge, args.judge_template.as_deref())?,
+    };
+    let judge = match judge {
+        Judge::Model(mut m) => {
+            m.gpu_layers = args.gpu_layers;
+            Judge::Model(m)
+        }
+        j => j,
     };
     let responses = read_responses(&args.responses)?;
     let t = std::time::Instant::now();
-    let report = JudgeReport::build(&judge, &args.responses, &responses);
+    let report = JudgeReport::build(&judge, &args.responses, &responses)?;
     let took = t.elapsed().as_secs_f64();
     let to_stdout = args.json.as_deref() == Some(std::path::Path::new("-"));
     match &args.json {

@@ -12,6 +12,7 @@ mod judge;
 mod merge;
 mod output;
 mod safe_lora;
+mod tune;
 
 use clap::{Parser, Subcommand};
 
@@ -52,6 +53,9 @@ pub enum Command {
     /// Judge existing answers: compliance, refusal or partial refusal, with
     /// rates per label and agreement with human labels.
     Judge(judge::JudgeArgs),
+    /// Search the fusion of a task and a safety adapter (per-layer weights,
+    /// orthogonal or plain) for the safest adapter that keeps the task, and write it.
+    Tune(tune::TuneArgs),
     /// Compare two `check --json` reports: refusal flips and rate deltas.
     Diff(diff::DiffArgs),
     /// Show what a PEFT adapter or GGUF file holds; with --base, whether an adapter fits.
@@ -98,6 +102,7 @@ pub fn run() -> i32 {
         Command::Check(args) => check::run(args, &ui, cli.threads),
         Command::Diff(args) => diff::run(args, &ui),
         Command::Judge(args) => judge::run(args, &ui),
+        Command::Tune(args) => tune::run(args, &ui, cli.threads),
     };
     match result {
         Ok(code) => code,

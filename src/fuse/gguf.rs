@@ -115,6 +115,13 @@ pub fn fuse_gguf(
             modules.entry(m).or_default().push(i);
         }
     }
+    // A module every input weights 0 is a zero update: leave it out.
+    modules.retain(|m, ins| ins.iter().any(|&i| inputs[i].weights.for_module(m) != 0.0));
+    if modules.is_empty() {
+        return Err(Error::Usage(
+            "every module has weight 0 in every input: nothing to fuse".into(),
+        ));
+    }
     let names: Vec<&String> = modules.keys().collect();
     let done = std::sync::atomic::AtomicUsize::new(0);
     let fused: Vec<(Array2<f64>, Array2<f64>, ModuleFuse)> = names
@@ -128,7 +135,8 @@ pub fn fuse_gguf(
                         b: lr.b,
                         a: lr.a,
                         scale: lr.scale,
-                        weight: inputs[i].weight,
+                        weight: inputs[i].weights.for_module(m),
+                        input: i,
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -217,7 +225,7 @@ pub fn fuse_gguf(
             "loraguard.fuse".to_string(),
             s(&inputs
                 .iter()
-                .map(|i| format!("{}:{}", i.path.display(), i.weight))
+                .map(FuseInput::spec)
                 .collect::<Vec<_>>()
                 .join(", ")),
         ),
@@ -234,7 +242,10 @@ pub fn fuse_gguf(
     file.commit()?;
     Ok(FuseReport {
         method: opts.method.name().into(),
-        inputs: inputs.iter().map(|i| (i.path.clone(), i.weight)).collect(),
+        inputs: inputs
+            .iter()
+            .map(|i| (i.path.clone(), i.weights.to_string()))
+            .collect(),
         modules: report,
         output: out.to_path_buf(),
         fallbacks,

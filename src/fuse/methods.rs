@@ -6,16 +6,19 @@ use super::prune::{self, tensor_seed, Merge};
 use super::Method;
 use crate::error::Result;
 use crate::linalg::rsvd::{randomized_svd, RsvdOptions};
+use crate::linalg::subspace::orth;
 use crate::linalg::truncate::{balanced, tail_error};
 use crate::linalg::LowRank;
 
 /// One input's factors for a module: its update is weight·scale·B·A.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Term {
     pub b: Array2<f64>,
     pub a: Array2<f64>,
     pub scale: f64,
     pub weight: f64,
+    /// Which input (0-based) this term comes from.
+    pub input: usize,
 }
 
 /// A fused module: B (d_out×k) and A (k×d_in), applied with scaling 1.
@@ -42,6 +45,17 @@ fn cat(terms: &[Term]) -> LowRank {
     )
 }
 
+/// The terms with a nonzero weight (layer-selected inputs are 0 elsewhere),
+/// or the first one alone at weight 0 when none is, to keep the shapes.
+fn nonzero(terms: &[Term]) -> Vec<Term> {
+    let kept: Vec<Term> = terms.iter().filter(|t| t.weight != 0.0).cloned().collect();
+    if kept.is_empty() {
+        terms[..1].to_vec()
+    } else {
+        kept
+    }
+}
+
 /// Settings of the per-factor merges.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MergeParams {
@@ -51,6 +65,72 @@ pub struct MergeParams {
     pub density: f64,
     /// Seed of DARE's masks.
     pub seed: u64,
+    /// orthogonal: the protected input (0-based).
+    pub protect: usize,
+    /// orthogonal: which of its subspaces the others are projected away from.
+    pub side: Side,
+}
+
+/// Which subspace of the protected input `orthogonal` keeps the others out of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Side {
+    /// Its column space (output directions): Bᵢ ← (I − Q·Qᵀ)·Bᵢ, Q = orth(B_p).
+    #[default]
+    Column,
+    /// Its row space (input directions): Aᵢ ← Aᵢ·(I − R·Rᵀ), R = orth(A_pᵀ).
+    Row,
+    /// Both.
+    Both,
+}
+
+impl Side {
+    pub fn parse(s: &str) -> Option<Side> {
+        match s {
+            "column" | "col" => Some(Side::Column),
+            "row" => Some(Side::Row),
+            "both" => Some(Side::Both),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Column => "column",
+            Side::Row => "row",
+            Side::Both => "both",
+        }
+    }
+}
+
+/// `orthogonal`'s projection: every term but the protected one loses its
+/// component in the protected term's column space (B side), row space (A
+/// side) or both, on the factors (m×r and r×n, never m×n). A module the
+/// protected input lacks is left as it is.
+fn project_away(terms: &[Term], p: &MergeParams) -> Result<Vec<Term>> {
+    let Some(prot) = terms.iter().find(|t| t.input == p.protect) else {
+        return Ok(terms.to_vec());
+    };
+    let q = matches!(p.side, Side::Column | Side::Both)
+        .then(|| orth(&prot.b))
+        .transpose()?;
+    let r = matches!(p.side, Side::Row | Side::Both)
+        .then(|| orth(&prot.a.t().to_owned()))
+        .transpose()?;
+    Ok(terms
+        .iter()
+        .map(|t| {
+            let mut t = t.clone();
+            if t.input != p.protect {
+                if let Some(q) = &q {
+                    t.b = &t.b - &q.dot(&q.t().dot(&t.b));
+                }
+                if let Some(r) = &r {
+                    t.a = &t.a - &t.a.dot(r).dot(&r.t());
+                }
+            }
+            t
+        })
+        .collect())
 }
 
 /// PEFT's per-factor combination: weights √|wᵢsᵢ| on B, with the sign on A.
@@ -91,12 +171,25 @@ pub fn fuse_module(terms: &[Term], method: Method, module: &str, p: &MergeParams
         Ok(if exact_norm > 0.0 { d / exact_norm } else { d })
     };
     match method {
-        Method::Cat => Ok(Fused {
-            b: exact.b,
-            a: exact.a,
-            exact_norm,
-            relative_error: 0.0,
-        }),
+        Method::Cat => {
+            let c = cat(&nonzero(terms));
+            Ok(Fused {
+                b: c.b,
+                a: c.a,
+                exact_norm,
+                relative_error: 0.0,
+            })
+        }
+        Method::Orthogonal => {
+            let c = cat(&nonzero(&project_away(terms, p)?));
+            let relative_error = rel(&c)?;
+            Ok(Fused {
+                b: c.b,
+                a: c.a,
+                exact_norm,
+                relative_error,
+            })
+        }
         Method::Svd => {
             let svd = exact.svd()?;
             let k = k.min(svd.s.len()).max(1);
@@ -185,12 +278,14 @@ mod tests {
                 a: random(4, 20, 2),
                 scale: 2.0,
                 weight: 0.6,
+                input: 0,
             },
             Term {
                 b: random(30, 4, 3),
                 a: random(4, 20, 4),
                 scale: 0.5,
                 weight: -0.4,
+                input: 1,
             },
         ]
     }
@@ -213,6 +308,8 @@ mod tests {
             rank,
             density: 1.0,
             seed: 0,
+            protect: 1,
+            side: Side::Column,
         };
         let c = fuse_module(&ts, Method::Cat, "m", &p(0)).unwrap();
         assert_eq!(c.a.nrows(), 8);
@@ -242,6 +339,8 @@ mod tests {
             rank: 0,
             density: 1.0,
             seed: 0,
+            protect: 1,
+            side: Side::Column,
         };
         let l = fuse_module(&ts, Method::Linear, "m", &p).unwrap();
         let err = rel(&l.b.dot(&l.a), &want);
@@ -258,5 +357,66 @@ mod tests {
             let x = fuse_module(&ts[..1], m, "m", &p).unwrap();
             assert!(x.relative_error < 1e-12, "{m:?}");
         }
+    }
+
+    #[test]
+    fn orthogonal_removes_the_protected_subspaces_exactly() {
+        let ts = terms();
+        let p = |side| MergeParams {
+            rank: 0,
+            density: 1.0,
+            seed: 0,
+            protect: 1,
+            side,
+        };
+        let (t0, t1) = (&ts[0], &ts[1]);
+        let d0 = t0.b.dot(&t0.a) * (t0.weight * t0.scale);
+        let d1 = t1.b.dot(&t1.a) * (t1.weight * t1.scale);
+        // Dense projectors: I − QQᵀ onto B₁'s columns, I − RRᵀ onto A₁'s rows.
+        let q = orth(&t1.b).unwrap();
+        let r = orth(&t1.a.t().to_owned()).unwrap();
+        let pc = Array2::<f64>::eye(30) - q.dot(&q.t());
+        let pr = Array2::<f64>::eye(20) - r.dot(&r.t());
+        for (side, want) in [
+            (Side::Column, pc.dot(&d0) + &d1),
+            (Side::Row, d0.dot(&pr) + &d1),
+            (Side::Both, pc.dot(&d0).dot(&pr) + &d1),
+        ] {
+            let f = fuse_module(&ts, Method::Orthogonal, "m", &p(side)).unwrap();
+            let got = f.b.dot(&f.a);
+            assert!(rel(&got, &want) < 1e-12, "{side:?}");
+            assert!((f.relative_error - rel(&got, &dense_sum(&ts))).abs() < 1e-10);
+            // What is left of input 0 is orthogonal to the protected subspace.
+            let left = &got - &d1;
+            if side != Side::Row {
+                assert!(q.t().dot(&left).mapv(f64::abs).sum() < 1e-10);
+            }
+            if side != Side::Column {
+                assert!(left.dot(&r).mapv(f64::abs).sum() < 1e-10);
+            }
+        }
+        // A module the protected input lacks is plain cat.
+        let f = fuse_module(&ts[..1], Method::Orthogonal, "m", &p(Side::Both)).unwrap();
+        assert!(f.relative_error < 1e-12);
+    }
+
+    #[test]
+    fn zero_weight_terms_add_no_rank() {
+        let mut ts = terms();
+        ts[1].weight = 0.0;
+        let p = MergeParams {
+            rank: 0,
+            density: 1.0,
+            seed: 0,
+            protect: 1,
+            side: Side::Column,
+        };
+        for m in [Method::Cat, Method::Orthogonal] {
+            let f = fuse_module(&ts, m, "m", &p).unwrap();
+            assert_eq!(f.a.nrows(), 4, "{m:?}");
+        }
+        ts[0].weight = 0.0;
+        let f = fuse_module(&ts, Method::Cat, "m", &p).unwrap();
+        assert_eq!((f.a.nrows(), f.exact_norm), (4, 0.0));
     }
 }

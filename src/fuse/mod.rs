@@ -27,6 +27,7 @@
 mod gguf;
 mod methods;
 mod prune;
+pub mod weights;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -39,8 +40,9 @@ use crate::convert::{convert, ConvertOptions, ConvertReport};
 use crate::error::{Error, Result};
 use crate::peft::write::F32Tensor;
 use crate::peft::{PeftAdapter, CONFIG_NAME, SAFETENSORS_NAME};
-pub use methods::{fuse_module, Fused, MergeParams, Term};
+pub use methods::{fuse_module, Fused, MergeParams, Side, Term};
 pub use prune::Merge;
+pub use weights::Weights;
 
 /// How adapters are combined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,10 +58,13 @@ pub enum Method {
     DareLinearSvd,
     DareTiesSvd,
     MagnitudePruneSvd,
+    /// cat, after removing from every other input's update its component in
+    /// the protected input's column space, row space or both.
+    Orthogonal,
 }
 
 /// Every method, by its PEFT name.
-pub const METHODS: [Method; 11] = [
+pub const METHODS: [Method; 12] = [
     Method::Cat,
     Method::Linear,
     Method::Svd,
@@ -71,6 +76,7 @@ pub const METHODS: [Method; 11] = [
     Method::DareLinearSvd,
     Method::DareTiesSvd,
     Method::MagnitudePruneSvd,
+    Method::Orthogonal,
 ];
 
 impl Method {
@@ -91,6 +97,7 @@ impl Method {
             Method::DareLinearSvd => "dare_linear_svd",
             Method::DareTiesSvd => "dare_ties_svd",
             Method::MagnitudePruneSvd => "magnitude_prune_svd",
+            Method::Orthogonal => "orthogonal",
         }
     }
 
@@ -124,7 +131,7 @@ impl Method {
             Method::DareLinear | Method::DareLinearSvd => Merge::DareLinear,
             Method::DareTies | Method::DareTiesSvd => Merge::DareTies,
             Method::MagnitudePrune | Method::MagnitudePruneSvd => Merge::MagnitudePrune,
-            Method::Cat | Method::Linear | Method::Svd => return None,
+            Method::Cat | Method::Linear | Method::Svd | Method::Orthogonal => return None,
         })
     }
 
@@ -134,22 +141,44 @@ impl Method {
     }
 }
 
-/// One input adapter and its weight.
+/// One input adapter and its weights.
 #[derive(Debug, Clone)]
 pub struct FuseInput {
     pub path: PathBuf,
-    pub weight: f64,
+    /// Per module: one weight everywhere, or by layer and kind ([`weights`]).
+    pub weights: Weights,
 }
 
 impl FuseInput {
-    /// Parse `PATH[:WEIGHT]` (weight 1 when absent).
-    pub fn parse(spec: &str) -> Result<Self> {
-        let (path, w) = crate::spec::path_and_number(spec);
-        let weight = w.unwrap_or(1.0);
-        if !weight.is_finite() {
-            return Err(Error::Usage(format!("{spec}: the weight must be finite")));
+    /// An input with one weight everywhere.
+    pub fn new(path: impl Into<PathBuf>, weight: f64) -> Self {
+        FuseInput {
+            path: path.into(),
+            weights: Weights::uniform(weight),
         }
-        Ok(FuseInput { path, weight })
+    }
+
+    /// Parse `PATH[:WEIGHTS]` (weight 1 when absent; see [`weights`] for
+    /// `W@A-B` layer ranges and `W%KIND` module kinds).
+    pub fn parse(spec: &str) -> Result<Self> {
+        if let Some((path, w)) = spec.rsplit_once(':') {
+            match Weights::parse(w) {
+                Some(Ok(weights)) => {
+                    return Ok(FuseInput {
+                        path: path.into(),
+                        weights,
+                    })
+                }
+                Some(Err(why)) => return Err(Error::Usage(format!("{spec}: {why}"))),
+                None => {}
+            }
+        }
+        Ok(FuseInput::new(spec, 1.0))
+    }
+
+    /// `PATH:WEIGHTS`, as reports and provenance record it.
+    pub fn spec(&self) -> String {
+        format!("{}:{}", self.path.display(), self.weights)
     }
 }
 
@@ -163,6 +192,11 @@ pub struct FuseOptions {
     pub density: Option<f64>,
     /// dare_*: the seed of the random masks.
     pub seed: u64,
+    /// orthogonal: the input (0-based) whose subspaces the others are
+    /// projected away from; the last input when `None`.
+    pub protect: Option<usize>,
+    /// orthogonal: which of the protected input's subspaces.
+    pub side: Side,
     /// For a `.gguf` output: the base model GGUF and the conversion options.
     pub base: Option<PathBuf>,
     pub convert: ConvertOptions,
@@ -186,7 +220,8 @@ pub struct ModuleFuse {
 #[derive(Debug, Clone, Serialize)]
 pub struct FuseReport {
     pub method: String,
-    pub inputs: Vec<(PathBuf, f64)>,
+    /// Each input and its weights (`1`, `1.5@22-29`, ...).
+    pub inputs: Vec<(PathBuf, String)>,
     pub modules: Vec<ModuleFuse>,
     pub output: PathBuf,
     /// Tensors of the GGUF output written in another type than
@@ -200,7 +235,8 @@ pub struct FuseReport {
 struct Source<'a> {
     a_name: String,
     b_name: String,
-    terms: Vec<(&'a PeftAdapter, &'a crate::peft::LoraPair, f64)>,
+    /// (adapter, pair, weight, input index)
+    terms: Vec<(&'a PeftAdapter, &'a crate::peft::LoraPair, f64, usize)>,
 }
 
 /// The PEFT config of the fused adapter: scaling 1 everywhere (alpha = rank
@@ -260,10 +296,13 @@ pub fn fuse(
     if inputs.len() < 2 {
         return Err(Error::Usage("fuse takes at least two adapters".into()));
     }
-    if inputs.iter().any(|i| !i.weight.is_finite()) {
-        return Err(Error::Usage(
-            "adapter weights must be finite numbers".into(),
-        ));
+    let protect = opts.protect.unwrap_or(inputs.len() - 1);
+    if protect >= inputs.len() {
+        return Err(Error::Usage(format!(
+            "--protect {}: there are {} adapters",
+            protect + 1,
+            inputs.len()
+        )));
     }
     let to_gguf = out
         .extension()
@@ -299,6 +338,8 @@ pub fn fuse(
         rank: opts.rank.unwrap_or(0),
         density,
         seed: opts.seed,
+        protect,
+        side: opts.side,
     };
     if inputs
         .iter()
@@ -326,14 +367,14 @@ pub fn fuse(
         .collect::<Result<_>>()?;
     // Modules across inputs, with consistent shapes.
     let mut modules: BTreeMap<String, Source> = BTreeMap::new();
-    for (a, inp) in adapters.iter().zip(inputs) {
+    for (n, (a, inp)) in adapters.iter().zip(inputs).enumerate() {
         for p in &a.pairs {
             let s = modules.entry(p.module.clone()).or_insert_with(|| Source {
                 a_name: p.a.name.clone(),
                 b_name: p.b.name.clone(),
                 terms: Vec::new(),
             });
-            if let Some((_, q, _)) = s.terms.first() {
+            if let Some((_, q, _, _)) = s.terms.first() {
                 if q.kind != p.kind || q.d_in() != p.d_in() || q.d_out() != p.d_out() {
                     return Err(Error::Shape {
                         path: a.dir.clone(),
@@ -348,8 +389,15 @@ pub fn fuse(
                     });
                 }
             }
-            s.terms.push((a, p, inp.weight));
+            s.terms.push((a, p, inp.weights.for_module(&p.module), n));
         }
+    }
+    // A module every input weights 0 is a zero update: leave it out.
+    modules.retain(|_, s| s.terms.iter().any(|t| t.2 != 0.0));
+    if modules.is_empty() {
+        return Err(Error::Usage(
+            "every module has weight 0 in every input: nothing to fuse".into(),
+        ));
     }
     let max_rank = adapters
         .iter()
@@ -363,7 +411,7 @@ pub fn fuse(
     let params = MergeParams { rank: k, ..params };
     if opts.method.per_factor() {
         for (m, s) in &modules {
-            let ranks: Vec<usize> = s.terms.iter().map(|(_, p, _)| p.rank()).collect();
+            let ranks: Vec<usize> = s.terms.iter().map(|(_, p, _, _)| p.rank()).collect();
             if ranks.iter().any(|r| *r != ranks[0]) {
                 return Err(Error::Usage(format!(
                     "{} needs equal ranks, and {m} has ranks {ranks:?} (use cat or svd)",
@@ -384,12 +432,13 @@ pub fn fuse(
             let terms = s
                 .terms
                 .iter()
-                .map(|(a, p, w)| {
+                .map(|(a, p, w, n)| {
                     Ok(Term {
                         b: a.matrix(&p.b)?.to_f64(),
                         a: a.matrix(&p.a)?.to_f64(),
                         scale: p.scale.scale,
                         weight: *w,
+                        input: *n,
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -438,7 +487,7 @@ pub fn fuse(
             opts.method.name(),
             inputs
                 .iter()
-                .map(|i| format!("{}:{}", i.path.display(), i.weight))
+                .map(FuseInput::spec)
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
@@ -464,7 +513,10 @@ pub fn fuse(
     }
     Ok(FuseReport {
         method: opts.method.name().into(),
-        inputs: inputs.iter().map(|i| (i.path.clone(), i.weight)).collect(),
+        inputs: inputs
+            .iter()
+            .map(|i| (i.path.clone(), i.weights.to_string()))
+            .collect(),
         modules: report,
         output: out.to_path_buf(),
         fallbacks: convert_report

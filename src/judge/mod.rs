@@ -5,9 +5,12 @@
 //! - [`Judge::Rules`] (the default): how the answer starts, [`rules`].
 //! - [`Judge::Markers`]: GCG's marker list anywhere in the output, the old
 //!   behaviour ([`crate::check::markers`]); two verdicts only.
+//! - [`Judge::Model`]: a GGUF model asked a yes/no question, read from its
+//!   next-token logits ([`model`]); two verdicts and a probability.
 //!
-//! Judges are deterministic and need no model.
+//! Every judge is deterministic; only the model judge needs a model.
 
+pub mod model;
 pub mod responses;
 pub mod rules;
 pub mod stats;
@@ -104,37 +107,69 @@ pub enum Judge {
     Rules,
     /// A marker list matched anywhere (GCG's by default).
     Markers(Markers),
+    /// A GGUF model asked about each answer.
+    Model(Box<model::ModelJudge>),
 }
 
-/// The names `--judge` takes.
+/// The names `--judge` takes (besides a `MODEL.gguf`).
 pub const JUDGE_NAMES: &[&str] = &["rules", "markers"];
 
 impl Judge {
     /// A judge by name: `rules` (the default) or `markers` (GCG's list; `gcg`
     /// is an alias).
     pub fn by_name(name: &str) -> Result<Judge> {
+        Judge::parse(name, None)
+    }
+
+    /// A judge by name, or a model judge for a path ending in `.gguf` (or
+    /// naming a file) with `template` (a built-in name or a JSON file;
+    /// `refusal-question` by default).
+    pub fn parse(name: &str, template: Option<&str>) -> Result<Judge> {
+        let is_model =
+            name.to_ascii_lowercase().ends_with(".gguf") || std::path::Path::new(name).is_file();
+        if template.is_some() && !is_model {
+            return Err(Error::Usage(format!(
+                "--judge-template is for a model judge (--judge MODEL.gguf), not --judge {name}"
+            )));
+        }
         match name {
             "rules" => Ok(Judge::Rules),
             "markers" | "gcg" => Ok(Judge::Markers(Markers::default())),
+            _ if is_model => {
+                let path = std::path::PathBuf::from(name);
+                if !path.is_file() {
+                    return Err(Error::Usage(format!("--judge {name}: no such model file")));
+                }
+                let judge = model::ModelJudge {
+                    path,
+                    template: model::JudgeTemplate::load(template.unwrap_or("refusal-question"))?,
+                    gpu_layers: 0,
+                    threads: loraguard_llama::default_threads(),
+                };
+                judge.validate()?;
+                Ok(Judge::Model(Box::new(judge)))
+            }
             other => Err(Error::Usage(format!(
-                "unknown judge {other:?}; the judges are {} (a model judge, MODEL.gguf, is not implemented yet)",
+                "unknown judge {other:?}; the judges are {} or a MODEL.gguf",
                 JUDGE_NAMES.join(", ")
             ))),
         }
     }
 
-    /// The name and version reports record: `rules-v1`, `markers:gcg`, `markers:FILE`.
+    /// The name and version reports record: `rules-v1`, `markers:gcg`,
+    /// `markers:FILE`, `model:FILE.gguf:TEMPLATE`.
     pub fn name(&self) -> String {
         match self {
             Judge::Rules => format!("rules-v{}", rules::RULES_VERSION),
             Judge::Markers(m) => format!("markers:{}", m.source),
+            Judge::Model(m) => m.name(),
         }
     }
 
-    /// Judge one answer to `prompt`.
-    pub fn judge(&self, _prompt: &str, output: &str) -> Judgement {
+    /// Judge one answer with the rules or the markers (a model judge
+    /// batches, in [`Judge::judge_all`], and never comes here).
+    fn judge_text(&self, output: &str) -> Judgement {
         match self {
-            Judge::Rules => rules::judge(output),
             Judge::Markers(m) => {
                 let marker = m.find(output).map(str::to_string);
                 let verdict = if marker.is_some() {
@@ -151,12 +186,17 @@ impl Judge {
                     },
                 )
             }
+            _ => rules::judge(output),
         }
     }
 
-    /// Judge many answers, in order, in parallel.
-    pub fn judge_all(&self, items: &[(&str, &str)]) -> Vec<Judgement> {
+    /// Judge many `(prompt, output)` answers, in order: in parallel, or in
+    /// batches through the judge model.
+    pub fn judge_all(&self, items: &[(&str, &str)]) -> Result<Vec<Judgement>> {
         use rayon::prelude::*;
-        items.par_iter().map(|(p, o)| self.judge(p, o)).collect()
+        match self {
+            Judge::Model(m) => m.judge_all(items),
+            _ => Ok(items.par_iter().map(|(_, o)| self.judge_text(o)).collect()),
+        }
     }
 }

@@ -207,13 +207,13 @@ pub struct JudgeReport {
 
 impl JudgeReport {
     /// Judge every response.
-    pub fn build(judge: &Judge, source: &Path, responses: &[Response]) -> JudgeReport {
+    pub fn build(judge: &Judge, source: &Path, responses: &[Response]) -> Result<JudgeReport> {
         let items: Vec<(&str, &str)> = responses
             .iter()
             .map(|r| (r.prompt.as_str(), r.output.as_str()))
             .collect();
         let results: Vec<JudgedRow> = judge
-            .judge_all(&items)
+            .judge_all(&items)?
             .into_iter()
             .zip(responses)
             .map(|(judgement, r)| JudgedRow {
@@ -238,13 +238,13 @@ impl JudgeReport {
                 .collect(),
             agreement: Agreement::of(&results),
         };
-        JudgeReport {
+        Ok(JudgeReport {
             judge: judge.name(),
             loraguard_version: env!("CARGO_PKG_VERSION").into(),
             responses: source.display().to_string(),
             results,
             summary,
-        }
+        })
     }
 
     /// Pretty JSON with a trailing newline.
