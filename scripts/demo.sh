@@ -4,12 +4,16 @@
 #
 #   convert    the safety, task and eroding adapters (PEFT) to GGUF LoRAs
 #   analyze    the task adapter against the safety adapter
-#   fuse       task and safety with cat, at the weights docs/safety.md recommends
+#   fuse       task and safety with cat (the seed paper's fusion)
 #   safe-lora  the eroding fine-tune, aligned = base + safety
-#   check      base, base + task, the fused adapter, and the eroded and
-#              projected fine-tunes on a slice of fixtures/prompts/suite.jsonl
-#   diff       base + task against the fused adapter
-# and ends on one summary table.
+#   tune       task and safety: per-layer safety weights and the orthogonal
+#              task, searched on fixtures/prompts/calibration.jsonl
+#   check      base, base + task, the fused adapter, the eroded and
+#              projected fine-tunes, and the tuned adapter on a slice of
+#              fixtures/prompts/suite.jsonl (no calibration prompt)
+#   diff       base + task against the tuned adapter
+# and ends on one summary table, the tuned adapter last.
+# DEMO_TUNE_BUDGET (default 8) caps tune's candidates.
 #
 # Usage: bash scripts/demo.sh   (outputs in ${DEMO_OUT:-.cache/demo})
 set -euo pipefail
@@ -53,6 +57,11 @@ echo "== fuse: task $TASK_W + safety $SAFETY_W (cat)"
 "$LG" fuse "$FIX/task-lora:$TASK_W" "$FIX/safety-lora:$SAFETY_W" --method cat --base "$MODEL" -o "$OUT/fused.gguf"
 echo "== safe-lora: eroding fine-tune, aligned = base + safety"
 "$LG" safe-lora "$FIX/eroding-lora" --base "$MODEL" --aligned "$FIX/safety-lora" --threshold 0.5 -o "$OUT/safe-lora.gguf"
+echo "== tune: task + safety, searched on fixtures/prompts/calibration.jsonl"
+"$LG" tune --base "$MODEL" --task "$FIX/task-lora" --safety "$FIX/safety-lora" \
+  --calibration fixtures/prompts/calibration.jsonl --task-metric json-keys=topic,answer \
+  --budget "${DEMO_TUNE_BUDGET:-8}" --max-tokens 24 -o "$OUT/tuned.gguf" \
+  --report "$OUT/tune.json" --plot "$OUT/tune.svg" 2>&1 | tail -n 2
 echo "== check"
 check() { # NAME [--lora ...]
   local name="$1"
@@ -66,8 +75,9 @@ check task --lora "$OUT/task.gguf"
 check fused --lora "$OUT/fused.gguf"
 check eroded --lora "$OUT/safety.gguf" --lora "$OUT/eroding.gguf"
 check safe-lora --lora "$OUT/safety.gguf" --lora "$OUT/safe-lora.gguf"
-echo "== diff: base + task -> fused"
-"$LG" diff "$OUT/task.json" "$OUT/fused.json" --markdown "$OUT/diff.md" > "$OUT/diff.txt"
+check tuned --lora "$OUT/tuned.gguf"
+echo "== diff: base + task -> tuned"
+"$LG" diff "$OUT/task.json" "$OUT/tuned.json" --markdown "$OUT/diff.md" > "$OUT/diff.txt"
 sed -n 3p "$OUT/diff.txt"
 
 echo
@@ -84,15 +94,16 @@ rows = [
     ("fused", f"fuse cat (task {tw}, safety {sw})"),
     ("eroded", "base + safety + eroding fine-tune"),
     ("safe-lora", "base + safety + safe-lora(eroding)"),
+    ("tuned", "tune (" + " ".join(f.rsplit("/", 1)[-1] for f in json.load(open(f"{out}/tune.json"))["fuse"]) + ")"),
 ]
-print(f"{'configuration':<38}  {'unsafe compliance':>17}  {'safe refusal':>12}  {'task metric':>11}")
+print(f"{'configuration':<58}  {'unsafe compliance':>17}  {'safe refusal':>12}  {'task metric':>11}")
 for name, title in rows:
     s = summarise(json.load(open(f"{out}/{name}.json")))
-    print(f"{title:<38}  {s['unsafe_compliance']:>17.2f}  {s['safe_refusal']:>12.2f}  {s['task_metric']:>11.2f}")
+    print(f"{title:<58}  {s['unsafe_compliance']:>17.2f}  {s['safe_refusal']:>12.2f}  {s['task_metric']:>11.2f}")
 n = sum(1 for _ in open(f"{out}/prompts.jsonl"))
 print(f"\n{n} prompts of fixtures/prompts/suite.jsonl (24 unsafe, 12 safe that look unsafe, 12 task), greedy, 48 new tokens.")
 print("unsafe compliance: share of unsafe prompts answered without a refusal (lower is safer); safe refusal: over-refusal;")
 print("task metric: share of task answers in the task's JSON format. The full suite and what it means: docs/safety.md.")
 PY
 echo "reports: $OUT/<configuration>.json and .md (every prompt and output), the diff in $OUT/diff.md,"
-echo "the analysis in $OUT/analyze.txt"
+echo "the analysis in $OUT/analyze.txt, tune's candidates in $OUT/tune.json and $OUT/tune.svg"

@@ -2,7 +2,7 @@
 """Sample SmolLM2 outputs from the refusal suite's reports for hand-labelling
 (issue 18), and assemble the labelled fixture.
 
-  sample  SUITE_DIR OUT.jsonl   rows {id, config, prompt, output, label}:
+  sample  SUITE_DIR OUT.jsonl [CONFIG...]   rows {id, config, prompt, output, label}:
           PER_CONFIG answers from each configuration's check report
           (base, task, safety, fused, eroded, safe-lora), stratified by the
           prompt's label, chosen by sha256(config/id) so a re-run picks the
@@ -27,9 +27,12 @@ def h(s):
     return int(hashlib.sha256(s.encode()).hexdigest(), 16)
 
 
-def sample(suite, out):
+def sample(suite, out, only=()):
     rows = []
-    for c in CONFIGS:
+    configs = [c for c in CONFIGS if (Path(suite) / f"{c}.json").exists()]
+    if only:
+        configs = [c for c in configs if c in only]
+    for c in configs:
         rep = json.load(open(Path(suite) / f"{c}.json", encoding="utf-8"))
         for label, n in PER_LABEL.items():
             rs = [r for r in rep["results"] if r.get("label") == label]
@@ -66,8 +69,8 @@ def merge(sampled, label_files):
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["sample"] and len(sys.argv) == 4:
-        sample(sys.argv[2], sys.argv[3])
+    if sys.argv[1:2] == ["sample"] and len(sys.argv) >= 4:
+        sample(sys.argv[2], sys.argv[3], sys.argv[4:])
     elif sys.argv[1:2] == ["merge"] and len(sys.argv) >= 4:
         merge(sys.argv[2], sys.argv[3:])
     else:

@@ -9,14 +9,23 @@
 # table, written into docs/safety.md with --docs, and the sweep plot
 # (examples/suite-plot.rs).
 #
+# It also fuses with `orthogonal`, runs `loraguard tune` on
+# fixtures/prompts/calibration.jsonl (no suite prompt) for the task adapter
+# and for the eroded case, and runs the main configurations on a held-out
+# set in another style (fixtures/prompts/heldout-style.jsonl). Every report
+# is also re-judged with GCG's markers, the old rule, for comparison.
+#
 # Usage: bash scripts/refusal-suite.sh [--docs]
 # Environment: SUITE_OUT (default .cache/suite), SUITE_MAX_TOKENS (64),
 # SUITE_WEIGHTS (the safety weights of the sweep), SUITE_BOOST (safety
-# weights added to the full task adapter), SAFE_LORA_ARGS.
+# weights added to the full task adapter), SAFE_LORA_ARGS, TUNE_ARGS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${SUITE_OUT:-.cache/suite}"
 PROMPTS="fixtures/prompts/suite.jsonl"
+HELDOUT="fixtures/prompts/heldout-style.jsonl"
+CALIBRATION="fixtures/prompts/calibration.jsonl"
+TUNE_ARGS="${TUNE_ARGS:---budget 16 --max-tokens 24 --task-metric json-keys=topic,answer}"
 MAX_TOKENS="${SUITE_MAX_TOKENS:-64}"
 # Safety weights of the sweep (0 and 1 are the task and safety rows).
 WEIGHTS="${SUITE_WEIGHTS:-0.2 0.4 0.6 0.8}"
@@ -53,6 +62,22 @@ for w in $BOOST; do
     -o "$OUT/boost-$w.gguf" --quiet
 done
 
+echo "== fuse orthogonal (task 1, safety 1: the task's B without its part in the safety adapter's column space)"
+"$LG" fuse "$FIX/task-lora:1" "$FIX/safety-lora:1" --method orthogonal --base "$MODEL" \
+  -o "$OUT/orth-1.gguf" --quiet
+
+echo "== tune: task + safety on the calibration prompts"
+# shellcheck disable=SC2086
+"$LG" tune --base "$MODEL" --task "$FIX/task-lora" --safety "$FIX/safety-lora" \
+  --calibration "$CALIBRATION" -o "$OUT/tuned.gguf" --report "$OUT/tune-report.json" \
+  --plot "$OUT/tune-frontier.svg" $TUNE_ARGS
+echo "== tune: the eroded case (the eroding fine-tune over base + safety merged)"
+# shellcheck disable=SC2086
+"$LG" tune --base "$MODEL" --base-lora "$OUT/safety.gguf" --task "$FIX/eroding-lora" \
+  --safety "$FIX/safety-lora" --calibration "$CALIBRATION" -o "$OUT/eroded-tuned.gguf" \
+  --report "$OUT/eroded-tune-report.json" --plot "$OUT/eroded-tune-frontier.svg" $TUNE_ARGS
+spec() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(' '.join(f.rsplit('/',1)[-1] for f in r['fuse']), r['fuse_method'])" "$1"; }
+
 echo "== safe-lora: eroding, base, aligned = base + safety"
 # shellcheck disable=SC2086
 "$LG" safe-lora "$FIX/eroding-lora" --base "$MODEL" --aligned "$FIX/safety-lora" $SAFE_LORA_ARGS \
@@ -63,16 +88,27 @@ echo "== safe-lora: eroding, base, aligned = base + safety"
 
 echo "== check"
 configs="["
-run() { # NAME WHAT [SAFETY_WEIGHT|-] [--lora ...]
+run() { # NAME WHAT [SAFETY_WEIGHT|-] [--lora ...]: on the suite
   local name="$1" what="$2" w="$3"
   shift 3
-  "$LG" check --quiet --model "$MODEL" --prompts "$PROMPTS" --max-tokens "$MAX_TOKENS" \
+  check_set suite "$PROMPTS" "$name" "$what" "$w" "$@"
+}
+run_hs() { # NAME WHAT [--lora ...]: on the held-out set in another style
+  local name="$1" what="$2"
+  shift 2
+  check_set heldout-style "$HELDOUT" "hs-$name" "$what" - "$@"
+}
+check_set() { # SET PROMPTS NAME WHAT SAFETY_WEIGHT|- [--lora ...]
+  local set="$1" prompts="$2" name="$3" what="$4" w="$5"
+  shift 5
+  "$LG" check --quiet --model "$MODEL" --prompts "$prompts" --max-tokens "$MAX_TOKENS" \
     --json "$OUT/$name.json" "$@"
+  "$LG" -q judge "$OUT/$name.json" --judge markers --json "$OUT/$name-markers.json"
   local extra=""
   [ "$w" != "-" ] && extra=", \"safety_weight\": $w"
   [ "$configs" != "[" ] && configs+=","
-  configs+="{\"name\": \"$name\", \"what\": \"$what\", \"report\": \"$OUT/$name.json\", \"max_tokens\": $MAX_TOKENS$extra}"
-  echo "  $name: $what"
+  configs+="{\"set\": \"$set\", \"name\": \"$name\", \"what\": \"$what\", \"report\": \"$OUT/$name.json\", \"markers\": \"$OUT/$name-markers.json\", \"max_tokens\": $MAX_TOKENS$extra}"
+  echo "  $set $name: $what"
 }
 point() { # NAME REPORT SAFETY_WEIGHT: a sweep point from an existing report
   configs+=",{\"name\": \"$1\", \"what\": \"$1\", \"report\": \"$2\", \"max_tokens\": $MAX_TOKENS, \"safety_weight\": $3, \"table\": false}"
@@ -89,11 +125,23 @@ done
 for w in $BOOST; do
   run "boost-$w" "fuse cat (task 1, safety $w)" - --lora "$OUT/boost-$w.gguf"
 done
+run orth-1 "fuse orthogonal (task 1, safety 1)" - --lora "$OUT/orth-1.gguf"
+run tuned "tune: $(spec "$OUT/tune-report.json")" - --lora "$OUT/tuned.gguf"
 run eroded "base + safety merged + eroding" - --lora "$OUT/safety.gguf" --lora "$OUT/eroding.gguf"
+run eroded-tuned "base + safety merged + tune(eroding): $(spec "$OUT/eroded-tune-report.json")" - \
+  --lora "$OUT/safety.gguf" --lora "$OUT/eroded-tuned.gguf"
 run safe-lora "base + safety merged + safe-lora(eroding; $SAFE_LORA_ARGS)" - \
   --lora "$OUT/safety.gguf" --lora "$OUT/safe-lora.gguf"
 run safe-lora-partial "base + safety merged + safe-lora(eroding; $SAFE_LORA_PARTIAL)" - \
   --lora "$OUT/safety.gguf" --lora "$OUT/safe-lora-partial.gguf"
+run_hs base "base"
+run_hs task "base + task" --lora "$OUT/task.gguf"
+run_hs safety "base + safety" --lora "$OUT/safety.gguf"
+run_hs boost-1 "fuse cat (task 1, safety 1)" --lora "$OUT/boost-1.gguf"
+run_hs orth-1 "fuse orthogonal (task 1, safety 1)" --lora "$OUT/orth-1.gguf"
+run_hs tuned "tune: $(spec "$OUT/tune-report.json")" --lora "$OUT/tuned.gguf"
+run_hs eroded "base + safety merged + eroding" --lora "$OUT/safety.gguf" --lora "$OUT/eroding.gguf"
+run_hs eroded-tuned "base + safety merged + tune(eroding)" --lora "$OUT/safety.gguf" --lora "$OUT/eroded-tuned.gguf"
 echo "${configs}]" > "$OUT/configs.json"
 
 echo "== diff"
@@ -106,6 +154,8 @@ if [ "${1:-}" = "--docs" ]; then
   python3 scripts/suite_table.py "$OUT" --docs docs/safety.md
   mkdir -p docs
   target/release/examples/suite-plot "$OUT/results.json" docs/refusal-sweep.svg
+  cp "$OUT/tune-frontier.svg" docs/tune-frontier.svg
+  cp "$OUT/eroded-tune-frontier.svg" docs/eroded-tune-frontier.svg
 else
   python3 scripts/suite_table.py "$OUT"
   target/release/examples/suite-plot "$OUT/results.json" "$OUT/sweep.svg"

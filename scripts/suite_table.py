@@ -46,31 +46,58 @@ def summarise(report):
     }
 
 
+SETS = {
+    "suite": "{unsafe} held-out AdvBench prompts, {safe} safe prompts that look unsafe, {task} task "
+             "prompts (`fixtures/prompts/suite.jsonl`)",
+    "heldout-style": "held-out prompts in another style (`fixtures/prompts/heldout-style.jsonl`): "
+                     "{unsafe} short harmful questions, {safe} harmless look-alikes, {task} task questions",
+}
+
+
 def main(argv):
     out = Path(argv[0])
     configs = json.loads((out / "configs.json").read_text())
     rows = []
     for c in configs:
         rep = json.loads(Path(c["report"]).read_text())
-        rows.append({**c, **summarise(rep)})
+        row = {**c, **summarise(rep)}
+        if c.get("markers"):
+            # The same outputs, judged by the old rule (GCG's markers anywhere).
+            m = json.loads(Path(c["markers"]).read_text())
+            refused = {r["id"]: r["refused"] for r in m["results"]}
+            old = {**rep, "results": [{**r, "refused": refused[r["id"]]} for r in rep["results"]]}
+            s = summarise(old)
+            row["markers"] = {"unsafe_compliance": s["unsafe_compliance"], "safe_refusal": s["safe_refusal"]}
+        row.setdefault("set", "suite")
+        rows.append(row)
     (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
-    n = rows[0]["n"]
-    lines = [
-        f"| configuration | unsafe compliance ↓ | safe refusal ↓ | task metric ↑ |",
-        "|---|---:|---:|---:|",
-    ]
-    for r in rows:
-        if r.get("table", True):
-            lines.append(
-                f"| {r['what']} | {r['unsafe_compliance']:.2f} | {r['safe_refusal']:.2f} | {r['task_metric']:.2f} |"
-            )
-    lines.append("")
-    lines.append(
-        f"{n.get('unsafe', 0)} held-out AdvBench prompts, {n.get('safe', 0)} safe prompts that look unsafe, "
-        f"{n.get('task', 0)} task prompts (`fixtures/prompts/suite.jsonl`); greedy, "
-        f"{configs[0].get('max_tokens', 64)} new tokens, SmolLM2-135M-Instruct Q4_1 through llama.cpp."
-    )
-    table = "\n".join(lines) + "\n"
+    judge = json.loads(Path(configs[0]["report"]).read_text())["settings"].get("judge", "markers:gcg")
+    lines = []
+    for set_name, caption in SETS.items():
+        rs = [r for r in rows if r["set"] == set_name and r.get("table", True)]
+        if not rs:
+            continue
+        has_old = any("markers" in r for r in rs)
+        lines += [
+            "| configuration | unsafe compliance ↓ | safe refusal ↓ | task metric ↑ |",
+            "|---|---:|---:|---:|",
+        ]
+        for r in rs:
+            def cell(k):
+                v = f"{r[k]:.2f}"
+                return v + (f" ({r['markers'][k]:.2f})" if "markers" in r else "")
+            lines.append(f"| {r['what']} | {cell('unsafe_compliance')} | {cell('safe_refusal')} | {r['task_metric']:.2f} |")
+        n = rs[0]["n"]
+        lines.append("")
+        lines.append(
+            caption.format(unsafe=n.get("unsafe", 0), safe=n.get("safe", 0), task=n.get("task", 0))
+            + f"; greedy, {configs[0].get('max_tokens', 64)} new tokens, SmolLM2-135M-Instruct Q4_1 "
+            f"through llama.cpp; refusals judged by `{judge}`"
+            + (", in parentheses by GCG's markers anywhere (the old rule), on the same outputs" if has_old else "")
+            + "."
+        )
+        lines.append("")
+    table = "\n".join(lines).rstrip() + "\n"
     (out / "results.md").write_text(table)
     print(table)
     if "--docs" in argv:

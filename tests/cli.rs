@@ -20,7 +20,7 @@ fn help_lists_the_commands() {
     let out = loraguard(&[os("--help")]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["convert", "inspect"] {
+    for cmd in ["convert", "inspect", "fuse", "tune", "check", "judge"] {
         assert!(text.contains(cmd), "{text}");
     }
 }

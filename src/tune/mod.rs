@@ -132,13 +132,20 @@ pub fn layer_groups(n_layer: usize, size: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// The safety adapter's weight spec for per-group weights: `W@A-B,...`.
+/// The safety adapter's weight spec for per-group weights: `W@A-B,...`,
+/// adjacent groups of one weight merged.
 pub fn weights_spec(groups: &[(usize, usize)], weights: &[f64]) -> String {
-    let items: Vec<String> = groups
-        .iter()
-        .zip(weights)
-        .filter(|(_, w)| **w != 0.0)
-        .map(|((a, b), w)| format!("{w}@{a}-{b}"))
+    let mut items: Vec<(f64, usize, usize)> = Vec::new();
+    for (&(a, b), &w) in groups.iter().zip(weights) {
+        match items.last_mut() {
+            Some((lw, _, lb)) if *lw == w && *lb + 1 == a => *lb = b,
+            _ => items.push((w, a, b)),
+        }
+    }
+    let items: Vec<String> = items
+        .into_iter()
+        .filter(|(w, _, _)| *w != 0.0)
+        .map(|(w, a, b)| format!("{w}@{a}-{b}"))
         .collect();
     if items.is_empty() {
         "0".into()
@@ -240,6 +247,10 @@ pub fn tune(opts: &TuneOptions, say: &dyn Fn(&str)) -> Result<TuneReport> {
     };
     let ev = eval::Evaluator::new(opts, &cal, &files)?;
     let (candidates, baseline) = ev.run(|baseline, eval| {
+        say(&format!(
+            "{:<10} task 1 alone{:<19} unsafe compliance {:.2}  safe refusal {:.2}  task kept 1",
+            "baseline", "", baseline.unsafe_compliance, baseline.safe_refusal
+        ));
         search::search(groups.len(), opts.budget, &opts.constraints, baseline, &mut |c| {
             let m = eval(c)?;
             say(&format!(
@@ -356,6 +367,10 @@ mod tests {
         assert_eq!((g[0], g[7]), ((0, 3), (28, 29)));
         let spec = weights_spec(&g, &[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.5, 2.0]);
         assert_eq!(spec, "1.5@24-27,2@28-29");
+        assert_eq!(
+            weights_spec(&g, &[0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 2.0]),
+            "1@20-27,2@28-29"
+        );
         let w = Weights::parse(&spec).unwrap().unwrap();
         assert_eq!(w.for_module("blk.29.attn_q.weight"), 2.0);
         assert_eq!(w.for_module("blk.3.attn_q.weight"), 0.0);

@@ -95,16 +95,16 @@ pub fn closest<'s>(
     v
 }
 
-/// Safety weights the ladder climbs, per suffix of layer groups.
-pub const LADDER: [f64; 3] = [1.0, 2.0, 3.0];
+/// The safety weight of the first pass over suffixes of layer groups, and
+/// the one tried when nothing at it meets the constraints.
+pub const FIRST_WEIGHTS: [f64; 2] = [1.0, 0.5];
 
 /// Search `groups` layer groups within `budget` evaluations:
 /// 1. for each suffix of groups (the last group, the last two, ... all),
-///    the orthogonal task plus the safety adapter at each weight of
-///    [`LADDER`] on the suffix, stopping a suffix at the first weight that
-///    breaks a constraint;
-/// 2. around the best candidate that meets them: half steps of its weight,
-///    one group more or less at half weight, one group raised by a half;
+///    the orthogonal task plus the safety adapter at weight 1 on the suffix
+///    (at 0.5 when none of those meets the constraints);
+/// 2. around the best candidate that meets them, its [`neighbours`], again
+///    around each new best, until none is better or the budget is spent;
 /// 3. the chosen configuration with the plain (`cat`) task, for comparison.
 ///
 /// Every candidate evaluated is returned, in order.
@@ -148,53 +148,41 @@ pub fn search(
             .map(|g| if g >= start { w } else { 0.0 })
             .collect(),
     };
-    // 1. Suffix ladders, from the last group down.
-    'starts: for start in (0..groups).rev() {
-        for &w in &LADDER {
-            match run(suffix(start, w, "orthogonal"), &mut all)? {
-                None => break 'starts,
-                Some(s) if !s.meets => break,
-                Some(_) => {}
+    // 1. Every suffix of groups at weight 1 (at 0.5 if none meets the
+    //    constraints), from the last group down.
+    'weights: for &w in &FIRST_WEIGHTS {
+        for start in (0..groups).rev() {
+            if run(suffix(start, w, "orthogonal"), &mut all)?.is_none() {
+                break 'weights;
             }
         }
+        if choose(&all).is_some() {
+            break;
+        }
     }
-    // 2. Refine around the best that meets the constraints.
-    if let Some(best) = choose(&all).cloned() {
-        let gw = &best.candidate.group_weights;
-        let mut moves: Vec<Vec<f64>> = Vec::new();
-        for d in [0.5, -0.5] {
-            moves.push(
-                gw.iter()
-                    .map(|&w| if w > 0.0 { (w + d).max(0.0) } else { 0.0 })
-                    .collect(),
-            );
+    // 2. Hill-climb from the best that meets the constraints while it
+    //    improves and the budget lasts.
+    let mut tried_around: Vec<Vec<f64>> = Vec::new();
+    while let Some(best) = choose(&all).cloned() {
+        let gw = best.candidate.group_weights.clone();
+        if tried_around.contains(&gw) {
+            break;
         }
-        let first = gw.iter().position(|&w| w > 0.0).unwrap_or(groups);
-        let top = gw.iter().cloned().fold(0.0, f64::max);
-        if first > 0 {
-            let mut v = gw.clone();
-            v[first - 1] = (top / 2.0).max(0.5);
-            moves.push(v);
-        }
-        if first + 1 < groups {
-            let mut v = gw.clone();
-            v[first] = 0.0;
-            moves.push(v);
-        }
-        for g in first..groups {
-            let mut v = gw.clone();
-            v[g] += 0.5;
-            moves.push(v);
-        }
-        for v in moves {
+        tried_around.push(gw.clone());
+        let mut exhausted = false;
+        for v in neighbours(&gw) {
             let cand = Candidate {
                 method: "orthogonal",
                 task_weight: 1.0,
                 group_weights: v,
             };
             if run(cand, &mut all)?.is_none() {
+                exhausted = true;
                 break;
             }
+        }
+        if exhausted {
+            break;
         }
     }
     // 3. The chosen one with the plain task adapter.
@@ -206,6 +194,48 @@ pub fn search(
         run(cand, &mut all)?;
     }
     Ok(all)
+}
+
+/// Weights near `gw`: every active group by ±0.25 and ±0.5 at once, one
+/// group more below the active ones (at half and at the full top weight),
+/// the first active group dropped, and each active group alone by ±0.5.
+pub fn neighbours(gw: &[f64]) -> Vec<Vec<f64>> {
+    let groups = gw.len();
+    let mut out: Vec<Vec<f64>> = Vec::new();
+    let mut push = |v: Vec<f64>| {
+        if v.iter().any(|&w| w > 0.0) && v != gw && !out.contains(&v) {
+            out.push(v);
+        }
+    };
+    for d in [0.25, -0.25, 0.5, -0.5] {
+        push(
+            gw.iter()
+                .map(|&w| if w > 0.0 { (w + d).max(0.0) } else { 0.0 })
+                .collect(),
+        );
+    }
+    let first = gw.iter().position(|&w| w > 0.0).unwrap_or(groups);
+    let top = gw.iter().cloned().fold(0.0, f64::max);
+    if first > 0 {
+        for w in [top / 2.0, top] {
+            let mut v = gw.to_vec();
+            v[first - 1] = w;
+            push(v);
+        }
+    }
+    if first + 1 < groups {
+        let mut v = gw.to_vec();
+        v[first] = 0.0;
+        push(v);
+    }
+    for g in first..groups {
+        for d in [0.5, -0.5] {
+            let mut v = gw.to_vec();
+            v[g] = (v[g] + d).max(0.0);
+            push(v);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
