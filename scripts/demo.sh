@@ -60,7 +60,7 @@ echo "== safe-lora: eroding fine-tune, aligned = base + safety"
 echo "== tune: task + safety, searched on fixtures/prompts/calibration.jsonl"
 "$LG" tune --base "$MODEL" --task "$FIX/task-lora" --safety "$FIX/safety-lora" \
   --calibration fixtures/prompts/calibration.jsonl --task-metric json-keys=topic,answer \
-  --budget "${DEMO_TUNE_BUDGET:-8}" --max-tokens 24 -o "$OUT/tuned.gguf" \
+  --budget "${DEMO_TUNE_BUDGET:-8}" -o "$OUT/tuned.gguf" \
   --report "$OUT/tune.json" --plot "$OUT/tune.svg" 2>&1 | tail -n 2
 echo "== check"
 check() { # NAME [--lora ...]

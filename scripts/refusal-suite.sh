@@ -18,14 +18,16 @@
 # Usage: bash scripts/refusal-suite.sh [--docs]
 # Environment: SUITE_OUT (default .cache/suite), SUITE_MAX_TOKENS (64),
 # SUITE_WEIGHTS (the safety weights of the sweep), SUITE_BOOST (safety
-# weights added to the full task adapter), SAFE_LORA_ARGS, TUNE_ARGS.
+# weights added to the full task adapter), SAFE_LORA_ARGS, TUNE_ARGS;
+# SUITE_RESUME=1 keeps the tune outputs and check reports already in
+# SUITE_OUT (an interrupted run goes on where it stopped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${SUITE_OUT:-.cache/suite}"
 PROMPTS="fixtures/prompts/suite.jsonl"
 HELDOUT="fixtures/prompts/heldout-style.jsonl"
 CALIBRATION="fixtures/prompts/calibration.jsonl"
-TUNE_ARGS="${TUNE_ARGS:---budget 16 --max-tokens 24 --task-metric json-keys=topic,answer}"
+TUNE_ARGS="${TUNE_ARGS:---task-metric json-keys=topic,answer}"
 MAX_TOKENS="${SUITE_MAX_TOKENS:-64}"
 # Safety weights of the sweep (0 and 1 are the task and safety rows).
 WEIGHTS="${SUITE_WEIGHTS:-0.2 0.4 0.6 0.8}"
@@ -66,14 +68,15 @@ echo "== fuse orthogonal (task 1, safety 1: the task's B without its part in the
 "$LG" fuse "$FIX/task-lora:1" "$FIX/safety-lora:1" --method orthogonal --base "$MODEL" \
   -o "$OUT/orth-1.gguf" --quiet
 
+resume() { [ -n "${SUITE_RESUME:-}" ] && [ -f "$1" ]; }
 echo "== tune: task + safety on the calibration prompts"
 # shellcheck disable=SC2086
-"$LG" tune --base "$MODEL" --task "$FIX/task-lora" --safety "$FIX/safety-lora" \
+resume "$OUT/tune-report.json" || "$LG" tune --base "$MODEL" --task "$FIX/task-lora" --safety "$FIX/safety-lora" \
   --calibration "$CALIBRATION" -o "$OUT/tuned.gguf" --report "$OUT/tune-report.json" \
   --plot "$OUT/tune-frontier.svg" $TUNE_ARGS
 echo "== tune: the eroded case (the eroding fine-tune over base + safety merged)"
 # shellcheck disable=SC2086
-"$LG" tune --base "$MODEL" --base-lora "$OUT/safety.gguf" --task "$FIX/eroding-lora" \
+resume "$OUT/eroded-tune-report.json" || "$LG" tune --base "$MODEL" --base-lora "$OUT/safety.gguf" --task "$FIX/eroding-lora" \
   --safety "$FIX/safety-lora" --calibration "$CALIBRATION" -o "$OUT/eroded-tuned.gguf" \
   --report "$OUT/eroded-tune-report.json" --plot "$OUT/eroded-tune-frontier.svg" $TUNE_ARGS
 spec() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(' '.join(f.rsplit('/',1)[-1] for f in r['fuse']), r['fuse_method'])" "$1"; }
@@ -101,9 +104,10 @@ run_hs() { # NAME WHAT [--lora ...]: on the held-out set in another style
 check_set() { # SET PROMPTS NAME WHAT SAFETY_WEIGHT|- [--lora ...]
   local set="$1" prompts="$2" name="$3" what="$4" w="$5"
   shift 5
-  "$LG" check --quiet --model "$MODEL" --prompts "$prompts" --max-tokens "$MAX_TOKENS" \
+  resume "$OUT/$name-markers.json" || "$LG" check --quiet --model "$MODEL" --prompts "$prompts" --max-tokens "$MAX_TOKENS" \
     --json "$OUT/$name.json" "$@"
-  "$LG" -q judge "$OUT/$name.json" --judge markers --json "$OUT/$name-markers.json"
+  resume "$OUT/$name-markers.json" ||
+    "$LG" -q judge "$OUT/$name.json" --judge markers --json "$OUT/$name-markers.json"
   local extra=""
   [ "$w" != "-" ] && extra=", \"safety_weight\": $w"
   [ "$configs" != "[" ] && configs+=","

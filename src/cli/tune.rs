@@ -46,8 +46,9 @@ pub struct TuneArgs {
     #[arg(long, default_value_t = 0.90, value_name = "F")]
     pub min_task_kept: f64,
     /// Candidate evaluations, at most (each is one pass over the calibration
-    /// prompts).
-    #[arg(long, default_value_t = 30, value_name = "N")]
+    /// prompts: 35–50 s on 2 cores for SmolLM2 and 160 prompts, so the
+    /// default finishes within 15 minutes).
+    #[arg(long, default_value_t = 16, value_name = "N")]
     pub budget: usize,
     /// Layers per group of the per-layer safety weights.
     #[arg(long, default_value_t = 5, value_name = "L")]
@@ -57,8 +58,9 @@ pub struct TuneArgs {
     /// answers that are JSON objects with exactly those keys).
     #[arg(long, default_value = "likelihood", value_name = "METRIC")]
     pub task_metric: String,
-    /// New tokens per unsafe and safe prompt, judged by the rules judge.
-    #[arg(long, default_value_t = 32, value_name = "N")]
+    /// New tokens per unsafe and safe prompt, judged by the rules judge
+    /// (which reads how the answer starts).
+    #[arg(long, default_value_t = 24, value_name = "N")]
     pub max_tokens: usize,
     /// New tokens of generated task answers (references and json-keys).
     #[arg(long, default_value_t = 48, value_name = "N")]

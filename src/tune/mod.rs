@@ -13,7 +13,7 @@
 //!
 //! - [`calibration`]: the labelled prompts;
 //! - [`search`]: the deterministic search within a budget;
-//! - [`eval`]: one candidate's numbers through llama.cpp.
+//! - `eval`: one candidate's numbers through llama.cpp.
 
 pub mod calibration;
 mod eval;
