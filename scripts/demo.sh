@@ -94,7 +94,8 @@ rows = [
     ("fused", f"fuse cat (task {tw}, safety {sw})"),
     ("eroded", "base + safety + eroding fine-tune"),
     ("safe-lora", "base + safety + safe-lora(eroding)"),
-    ("tuned", "tune (" + " ".join(f.rsplit("/", 1)[-1] for f in json.load(open(f"{out}/tune.json"))["fuse"]) + ")"),
+    ("tuned", (lambda t: "tune (" + " ".join(f.rsplit("/", 1)[-1] for f in t["fuse"]) + ", " + t["fuse_method"] + ")")(
+        json.load(open(f"{out}/tune.json")))),
 ]
 print(f"{'configuration':<58}  {'unsafe compliance':>17}  {'safe refusal':>12}  {'task metric':>11}")
 for name, title in rows:
