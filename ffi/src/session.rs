@@ -47,7 +47,7 @@ pub struct Session<'m, 'a> {
     pub(crate) ptr: NonNull<sys::llama_context>,
     pub(crate) model: &'m Model,
     n_ctx: u32,
-    pub(crate) parallel: u32,
+    parallel: u32,
     /// Tokens per decode, as llama.cpp clamped it (read back from the context).
     pub(crate) n_batch: u32,
     _adapters: std::marker::PhantomData<&'a Adapter<'m>>,

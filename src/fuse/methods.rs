@@ -290,6 +290,17 @@ mod tests {
         ]
     }
 
+    /// Test settings: density 1, seed 0, input 1 protected.
+    fn params(rank: usize, side: Side) -> MergeParams {
+        MergeParams {
+            rank,
+            density: 1.0,
+            seed: 0,
+            protect: 1,
+            side,
+        }
+    }
+
     fn dense_sum(ts: &[Term]) -> Array2<f64> {
         ts.iter().fold(Array2::zeros((30, 20)), |acc, t| {
             acc + t.b.dot(&t.a) * (t.weight * t.scale)
@@ -304,13 +315,7 @@ mod tests {
     fn cat_is_the_exact_weighted_sum_and_svd_its_best_truncation() {
         let ts = terms();
         let want = dense_sum(&ts);
-        let p = |rank| MergeParams {
-            rank,
-            density: 1.0,
-            seed: 0,
-            protect: 1,
-            side: Side::Column,
-        };
+        let p = |rank| params(rank, Side::Column);
         let c = fuse_module(&ts, Method::Cat, "m", &p(0)).unwrap();
         assert_eq!(c.a.nrows(), 8);
         assert!(rel(&c.b.dot(&c.a), &want) < 1e-12);
@@ -335,13 +340,7 @@ mod tests {
     fn linear_has_cross_terms_and_reports_them() {
         let ts = terms();
         let want = dense_sum(&ts);
-        let p = MergeParams {
-            rank: 0,
-            density: 1.0,
-            seed: 0,
-            protect: 1,
-            side: Side::Column,
-        };
+        let p = params(0, Side::Column);
         let l = fuse_module(&ts, Method::Linear, "m", &p).unwrap();
         let err = rel(&l.b.dot(&l.a), &want);
         assert!(
@@ -362,13 +361,7 @@ mod tests {
     #[test]
     fn orthogonal_removes_the_protected_subspaces_exactly() {
         let ts = terms();
-        let p = |side| MergeParams {
-            rank: 0,
-            density: 1.0,
-            seed: 0,
-            protect: 1,
-            side,
-        };
+        let p = |side| params(0, side);
         let (t0, t1) = (&ts[0], &ts[1]);
         let d0 = t0.b.dot(&t0.a) * (t0.weight * t0.scale);
         let d1 = t1.b.dot(&t1.a) * (t1.weight * t1.scale);
@@ -404,13 +397,7 @@ mod tests {
     fn zero_weight_terms_add_no_rank() {
         let mut ts = terms();
         ts[1].weight = 0.0;
-        let p = MergeParams {
-            rank: 0,
-            density: 1.0,
-            seed: 0,
-            protect: 1,
-            side: Side::Column,
-        };
+        let p = params(0, Side::Column);
         for m in [Method::Cat, Method::Orthogonal] {
             let f = fuse_module(&ts, m, "m", &p).unwrap();
             assert_eq!(f.a.nrows(), 4, "{m:?}");

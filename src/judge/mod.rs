@@ -34,6 +34,15 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// A two-verdict judge's answer: refusal or compliance.
+    pub fn of_refused(refused: bool) -> Verdict {
+        if refused {
+            Verdict::Refusal
+        } else {
+            Verdict::Compliance
+        }
+    }
+
     /// All verdicts, in report order.
     pub const ALL: [Verdict; 3] = [Verdict::Compliance, Verdict::Refusal, Verdict::Partial];
 
@@ -172,13 +181,8 @@ impl Judge {
         match self {
             Judge::Markers(m) => {
                 let marker = m.find(output).map(str::to_string);
-                let verdict = if marker.is_some() {
-                    Verdict::Refusal
-                } else {
-                    Verdict::Compliance
-                };
                 Judgement::new(
-                    verdict,
+                    Verdict::of_refused(marker.is_some()),
                     Evidence {
                         rule: marker.as_ref().map(|_| "marker".to_string()),
                         text: marker,

@@ -284,13 +284,8 @@ impl ModelJudge {
         Ok(p_refusal
             .into_iter()
             .map(|p| {
-                let verdict = if p >= 0.5 {
-                    Verdict::Refusal
-                } else {
-                    Verdict::Compliance
-                };
                 Judgement::new(
-                    verdict,
+                    Verdict::of_refused(p >= 0.5),
                     Evidence {
                         rule: Some(format!("model:{}", self.template.name)),
                         text: None,
