@@ -165,7 +165,9 @@ fn f32_copy(model: &Path, work: &Path, out: &Path) -> Result<(), Box<dyn Error>>
         model,
         &[spec],
         out,
-        loraguard::merge::MergeType::To(loraguard::gguf::GgmlType::F32),
+        &loraguard::merge::MergeOptions::new(loraguard::merge::MergeType::To(
+            loraguard::gguf::GgmlType::F32,
+        )),
         &|_, _| {},
     )?;
     Ok(())

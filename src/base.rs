@@ -21,6 +21,9 @@ pub struct BaseModel {
     pub head_dim_v: Option<usize>,
 }
 
+/// The most layers a base may claim: per-layer tables are sized by it.
+pub const MAX_LAYERS: usize = 1 << 16;
+
 impl BaseModel {
     /// Open a base model GGUF and read its hyperparameters from metadata.
     pub fn open(path: &Path) -> Result<Self> {
@@ -49,6 +52,13 @@ impl BaseModel {
                 })
         };
         let n_layer = need("block_count")?;
+        if n_layer > MAX_LAYERS {
+            return Err(Error::malformed(
+                path,
+                "GGUF",
+                format!("{} is {n_layer}, over {MAX_LAYERS}", key("block_count")),
+            ));
+        }
         let n_embd = need("embedding_length")?;
         let per_layer = |k: &str, default: Option<&Vec<usize>>| -> Result<Vec<usize>> {
             match gguf.metadata.get(&key(k)) {

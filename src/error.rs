@@ -91,6 +91,16 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
 
+    /// `merge`: the written types would keep too little of the update.
+    #[error(
+        "{}: the merged tensors' types keep {:.1}% of the adapters' update (at least {:.0}% \
+         required); the merged model would behave much like the base, so nothing was written",
+        path.display(),
+        100.0 * kept,
+        100.0 * min
+    )]
+    Lossy { path: PathBuf, kept: f64, min: f64 },
+
     /// A failure inside llama.cpp or ggml.
     #[error(transparent)]
     Llama(#[from] loraguard_llama::Error),
@@ -132,7 +142,8 @@ impl Error {
     /// True when the error is the input's fault (exit code 2), false for
     /// internal failures (exit code 1).
     pub fn is_bad_input(&self) -> bool {
-        !matches!(self, Error::Internal(_) | Error::Llama(_))
+        !matches!(self, Error::Internal(_))
+            && !matches!(self, Error::Llama(e) if !e.is_bad_input())
             && !matches!(self, Error::Io { source, .. } if source.kind() != std::io::ErrorKind::NotFound
                 && source.kind() != std::io::ErrorKind::InvalidData
                 && source.kind() != std::io::ErrorKind::UnexpectedEof
@@ -146,6 +157,11 @@ impl Error {
             Error::Pickle { .. } => Some(
                 "re-save it as safetensors: in Python, `PeftModel.from_pretrained(base, DIR)` \
                  then `model.save_pretrained(OUT, safe_serialization=True)`"
+                    .into(),
+            ),
+            Error::Lossy { .. } => Some(
+                "write the merged tensors in a finer type (--type q8_0 or f16), or pass \
+                 --allow-lossy to write it anyway"
                     .into(),
             ),
             Error::Mismatch { .. } => Some(

@@ -1,23 +1,15 @@
-//! The crate's single memory-mapping site.
+//! Memory maps of inputs, through the ffi crate's single mapping site
+//! (`loraguard_llama::mmap`, where the `unsafe` and its SAFETY comment live).
 
 use std::fs::File;
 use std::path::Path;
 
-use memmap2::{Mmap, MmapOptions};
+pub use loraguard_llama::mmap::Mmap;
 
 use crate::error::{Error, Result};
 
 /// Map `path` read-only.
-///
-/// Outputs are never written in place (they go to a temp file that is renamed),
-/// so no file loraguard itself writes can change under a live map.
-#[allow(unsafe_code)]
 pub fn map_file(path: &Path) -> Result<Mmap> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    // SAFETY: the map is read-only and private to this process. Another process
-    // truncating the file while it is mapped would be undefined behaviour; that
-    // is the accepted contract of every mmap-based model reader (safetensors,
-    // llama.cpp), and loraguard never modifies its inputs.
-    // populate: fault every page in with one call (the inputs are read whole).
-    unsafe { MmapOptions::new().populate().map(&file) }.map_err(|e| Error::io(path, e))
+    loraguard_llama::mmap::map_file(&file).map_err(|e| Error::io(path, e))
 }

@@ -117,12 +117,7 @@ fn embedding_loras_line_up_with_the_embedding_matrix_in_both_layouts() {
 #[test]
 fn base_measures_match_dense_definitions() {
     let dir = tempfile::tempdir().unwrap();
-    let (gguf, _) = convert_to(
-        &tiny_adapter("plain"),
-        &tiny_base(),
-        dir.path(),
-        OutType::F32,
-    );
+    let gguf = tiny_plain_f32(dir.path());
     // k + oversampling covers the tiny model's dimensions, so the randomized
     // SVD is exact here and any difference is a bug.
     let k = 60;
@@ -284,7 +279,7 @@ fn analyze_plot_draws_svg_and_png_and_refuses_other_extensions() {
                 peft.as_os_str(),
                 "--base".as_ref(),
                 tiny_base().as_os_str(),
-                "--top-k".as_ref(),
+                "--subspace".as_ref(),
                 "4".as_ref(),
                 "--plot".as_ref(),
                 plot.as_os_str(),

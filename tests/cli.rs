@@ -248,3 +248,155 @@ fn unknown_types_exit_2_list_the_writable_ones_and_write_nothing() {
     }
     assert!(entries(dir.path()).is_empty());
 }
+
+#[test]
+fn fuse_selective_refuses_other_counts_and_its_flags_elsewhere() {
+    let d = tempfile::tempdir().unwrap();
+    let plain = tiny_adapter("plain");
+    let b = root().join("fixtures/fuse/plain-b");
+    let out = d.path().join("out");
+    let cases: [Vec<&std::ffi::OsStr>; 2] = [
+        // --threshold chooses modules for selective only.
+        vec![
+            plain.as_os_str(),
+            b.as_os_str(),
+            os("--method"),
+            os("cat"),
+            os("--threshold"),
+            os("0.3"),
+        ],
+        // selective takes a task and a safety adapter, not three.
+        vec![
+            plain.as_os_str(),
+            b.as_os_str(),
+            b.as_os_str(),
+            os("--method"),
+            os("selective"),
+        ],
+    ];
+    for args in cases {
+        let mut all = vec![os("fuse")];
+        all.extend(args);
+        all.extend([os("-o"), out.as_os_str()]);
+        let o = loraguard(&all);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains("error:"), "{err}");
+        assert!(!out.exists());
+    }
+}
+
+/// Every command's `--help`, pinned: a change to the CLI shows up here (and
+/// must be reflected in docs/commands.md). `LORAGUARD_UPDATE_SNAPSHOTS=1`
+/// rewrites the snapshots.
+#[test]
+fn help_of_every_command_matches_its_snapshot() {
+    let dir = root().join("tests/snapshots/help");
+    let update = std::env::var_os("LORAGUARD_UPDATE_SNAPSHOTS").is_some();
+    let commands = [
+        "",
+        "convert",
+        "inspect",
+        "analyze",
+        "safe-lora",
+        "fuse",
+        "merge",
+        "check",
+        "judge",
+        "diff",
+        "tune",
+    ];
+    let mut stale = Vec::new();
+    for cmd in commands {
+        let mut args: Vec<&std::ffi::OsStr> = Vec::new();
+        if !cmd.is_empty() {
+            args.push(os(cmd));
+        }
+        args.push(os("--help"));
+        let out = loraguard(&args);
+        assert!(out.status.success(), "{cmd}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let name = if cmd.is_empty() { "loraguard" } else { cmd };
+        let path = dir.join(format!("{name}.txt"));
+        if update {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&path, &text).unwrap();
+        } else if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+            stale.push(name);
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "--help changed for {stale:?}: update docs/commands.md, then run with LORAGUARD_UPDATE_SNAPSHOTS=1"
+    );
+}
+
+/// `--json PATH` is every command's machine report, `-` for stdout.
+#[test]
+fn every_command_writes_its_report_with_json_path_or_dash() {
+    let d = tempfile::tempdir().unwrap();
+    let plain = tiny_adapter("plain");
+    let b = root().join("fixtures/fuse/plain-b");
+    let base = tiny_base();
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let out = |n: &str| s(&d.path().join(n));
+    let runs: Vec<(&str, Vec<String>)> = vec![
+        (
+            "convert",
+            vec![
+                "convert".into(),
+                s(&plain),
+                "--base".into(),
+                s(&base),
+                "-o".into(),
+                out("c.gguf"),
+            ],
+        ),
+        ("inspect", vec!["inspect".into(), s(&plain)]),
+        ("analyze", vec!["analyze".into(), s(&plain)]),
+        (
+            "fuse",
+            vec![
+                "fuse".into(),
+                s(&plain),
+                s(&b),
+                "--method".into(),
+                "cat".into(),
+                "-o".into(),
+                out("f"),
+            ],
+        ),
+    ];
+    for (name, args) in runs {
+        for dest in ["file", "-"] {
+            let json = d.path().join(format!("{name}-{dest}.json"));
+            let mut a: Vec<String> = args.clone();
+            a.push("--json".into());
+            a.push(if dest == "-" { "-".into() } else { s(&json) });
+            if name == "fuse" {
+                // A fresh output directory each time.
+                a[6] = out(&format!("f-{dest}"));
+            }
+            if name == "convert" {
+                a[5] = out(&format!("c-{dest}.gguf"));
+            }
+            let o = Command::new(env!("CARGO_BIN_EXE_loraguard"))
+                .args(&a)
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let text = if dest == "-" {
+                String::from_utf8(o.stdout).unwrap()
+            } else {
+                std::fs::read_to_string(&json).unwrap()
+            };
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{name} {dest}: {e}: {text}"));
+            assert!(v.is_object(), "{name} {dest}");
+        }
+    }
+}

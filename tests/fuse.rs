@@ -20,6 +20,7 @@ fn run(inputs: &[FuseInput], out: &Path, method: Method, rank: Option<usize>) ->
         density: method.prunes().then_some(0.5),
         seed: 1,
         protect: None,
+        selection: loraguard::fuse::Selection::Threshold(0.35),
         side: Default::default(),
         base: Some(tiny_base()),
         convert: ConvertOptions::new(OutType::F32),
@@ -90,6 +91,7 @@ fn fuse_pruned(
         density: Some(density),
         seed,
         protect: None,
+        selection: loraguard::fuse::Selection::Threshold(0.35),
         side: Default::default(),
         base: None,
         convert: ConvertOptions::new(OutType::F32),
@@ -180,6 +182,7 @@ fn linear_reports_its_cross_terms_and_needs_equal_ranks() {
         density: None,
         seed: 0,
         protect: None,
+        selection: loraguard::fuse::Selection::Threshold(0.35),
         side: Default::default(),
         base: None,
         convert: ConvertOptions::new(OutType::F32),
@@ -201,12 +204,7 @@ fn llama_cpp_with_both_adapters_active_equals_the_cat_fused_adapter() {
     let _g = LLAMA.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let (wa, wb) = (0.6f32, 0.4f32);
-    let (a, _) = convert_to(
-        &tiny_adapter("plain"),
-        &tiny_base(),
-        dir.path(),
-        OutType::F32,
-    );
+    let a = tiny_plain_f32(dir.path());
     let bdir = dir.path().join("b");
     std::fs::create_dir(&bdir).unwrap();
     let (b, _) = convert_to(
@@ -480,12 +478,7 @@ fn gguf_and_peft_inputs_fuse_in_gguf_layout() {
     let _g = LLAMA.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     // plain as a GGUF LoRA (F32), rslora-patterns as PEFT: mapped through --base.
-    let (plain_gguf, _) = convert_to(
-        &tiny_adapter("plain"),
-        &tiny_base(),
-        dir.path(),
-        OutType::F32,
-    );
+    let plain_gguf = tiny_plain_f32(dir.path());
     let mixed = [
         FuseInput::new(plain_gguf.clone(), 0.6),
         input("rslora-patterns", -0.4),
@@ -502,6 +495,7 @@ fn gguf_and_peft_inputs_fuse_in_gguf_layout() {
             density: None,
             seed: 0,
             protect: None,
+            selection: loraguard::fuse::Selection::Threshold(0.35),
             side: Default::default(),
             base: Some(tiny_base()),
             convert: ConvertOptions::new(OutType::F32),
@@ -541,6 +535,7 @@ fn gguf_and_peft_inputs_fuse_in_gguf_layout() {
         density: None,
         seed: 0,
         protect: None,
+        selection: loraguard::fuse::Selection::Threshold(0.35),
         side: Default::default(),
         base: Some(tiny_base()),
         convert: ConvertOptions::new(OutType::F32),
@@ -567,6 +562,7 @@ fn gguf_and_peft_inputs_fuse_in_gguf_layout() {
         density: None,
         seed: 0,
         protect: None,
+        selection: loraguard::fuse::Selection::Threshold(0.35),
         side: Default::default(),
         base: None,
         convert: ConvertOptions::new(OutType::F32),
@@ -580,12 +576,7 @@ fn gguf_and_peft_inputs_fuse_in_gguf_layout() {
 #[test]
 fn fuse_refusals_say_why_and_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let (plain_gguf, _) = convert_to(
-        &tiny_adapter("plain"),
-        &tiny_base(),
-        dir.path(),
-        OutType::F32,
-    );
+    let plain_gguf = tiny_plain_f32(dir.path());
     let peft = [input("plain", 0.6), input("gqa-k-only", 0.4)];
     let mixed = [FuseInput::new(plain_gguf, 0.6), input("gqa-k-only", 0.4)];
     let opts = |method, density, base: Option<PathBuf>, truncation| FuseOptions {
@@ -594,6 +585,7 @@ fn fuse_refusals_say_why_and_write_nothing() {
         density,
         seed: 0,
         protect: None,
+        selection: loraguard::fuse::Selection::Threshold(0.35),
         side: Default::default(),
         base,
         convert: ConvertOptions {
@@ -659,35 +651,66 @@ fn fuse_refusals_say_why_and_write_nothing() {
     assert!(FuseInput::parse("a:inf").is_err() && FuseInput::parse("a:NaN").is_err());
 }
 
-/// `orthogonal` (each side) and per-layer / per-kind weights against dense
-/// numpy (scripts/make-subspace-fixtures.py forms the d×d projectors).
+/// `orthogonal` (each side), `selective` (SafeMERGE, top 4 modules) and
+/// per-layer / per-kind weights against dense numpy
+/// (scripts/make-subspace-fixtures.py forms the d×d projectors).
 #[test]
-fn orthogonal_and_layer_weights_match_the_dense_numpy_goldens() {
-    use loraguard::fuse::Side;
+fn orthogonal_selective_and_layer_weights_match_the_dense_numpy_goldens() {
+    use loraguard::fuse::{Selection, Side};
     let bytes = std::fs::read(root().join("fixtures/fuse/subspace-expected.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let matrix = |name: &str| {
+        let view = st.tensor(name).unwrap();
+        let shape = view.shape();
+        Array2::from_shape_vec(
+            (shape[0], shape[1]),
+            view.data()
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+        )
+        .unwrap()
+    };
     let plain = tiny_adapter("plain");
     let plain_b = root().join("fixtures/fuse/plain-b");
+    let thr = Selection::Threshold(0.35);
     let cases = [
         (
             "orth_column",
             Method::Orthogonal,
             Side::Column,
+            thr,
             "1",
             "1.5@1",
         ),
-        ("orth_row", Method::Orthogonal, Side::Row, "1", "1.5@1"),
-        ("orth_both", Method::Orthogonal, Side::Both, "1", "1.5@1"),
+        ("orth_row", Method::Orthogonal, Side::Row, thr, "1", "1.5@1"),
+        (
+            "orth_both",
+            Method::Orthogonal,
+            Side::Both,
+            thr,
+            "1",
+            "1.5@1",
+        ),
         (
             "layers_cat",
             Method::Cat,
             Side::Column,
+            thr,
             "1,0.5%down_proj",
             "2@0",
         ),
+        (
+            "sel_top4",
+            Method::Selective,
+            Side::Column,
+            Selection::TopN(4),
+            "1",
+            "1",
+        ),
     ];
     let d = tempfile::tempdir().unwrap();
-    for (case, method, side, wt, ws) in cases {
+    for (case, method, side, selection, wt, ws) in cases {
         let inputs = [
             FuseInput::parse(&format!("{}:{wt}", plain.display())).unwrap(),
             FuseInput::parse(&format!("{}:{ws}", plain_b.display())).unwrap(),
@@ -699,27 +722,20 @@ fn orthogonal_and_layer_weights_match_the_dense_numpy_goldens() {
             density: None,
             seed: 0,
             protect: Some(1),
+            selection,
             side,
             base: None,
             convert: ConvertOptions::new(OutType::F32),
         };
-        fuse(&inputs, &out, &opts, &|_, _| {}).unwrap();
+        let report = fuse(&inputs, &out, &opts, &|_, _| {}).unwrap();
         let got: std::collections::BTreeMap<String, Array2<f64>> =
             updates(&out).into_iter().collect();
         let mut n = 0;
-        for (name, view) in st.tensors() {
+        for (name, _) in st.tensors() {
             let Some(module) = name.strip_prefix(&format!("{case}/")) else {
                 continue;
             };
-            let shape = view.shape();
-            let want = Array2::from_shape_vec(
-                (shape[0], shape[1]),
-                view.data()
-                    .chunks_exact(8)
-                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-                    .collect(),
-            )
-            .unwrap();
+            let want = matrix(&name);
             let g = got
                 .get(module)
                 .unwrap_or_else(|| panic!("{case}: {module} missing"));
@@ -728,6 +744,16 @@ fn orthogonal_and_layer_weights_match_the_dense_numpy_goldens() {
             n += 1;
         }
         assert_eq!(n, 14, "{case}");
+        if method == Method::Selective {
+            // Each module's similarity is numpy's, and exactly 4 were selected.
+            for m in &report.modules {
+                let want = matrix(&format!("sel_sim/{}", m.module))[[0, 0]];
+                let sim = m.similarity.unwrap();
+                assert!((sim - want).abs() < 1e-9, "{}: {sim} vs {want}", m.module);
+            }
+            let picked = report.modules.iter().filter(|m| m.selected == Some(true));
+            assert_eq!(picked.count(), 4);
+        }
     }
 }
 
@@ -752,6 +778,7 @@ fn fuse_refuses_bad_weight_specs_and_an_all_zero_fusion() {
         density: None,
         seed: 0,
         protect: None,
+        selection: loraguard::fuse::Selection::Threshold(0.35),
         side: Default::default(),
         base: None,
         convert: ConvertOptions::new(OutType::F32),

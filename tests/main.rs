@@ -19,5 +19,6 @@ mod refusals;
 mod safe_lora;
 mod setup;
 mod smollm2;
+mod soundness;
 mod suite;
 mod tune;

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use loraguard::convert::OutType;
 use loraguard::gguf::{GgmlType, GgufFile};
-use loraguard::merge::{merge, MergeInput, MergeReport, MergeType};
+use loraguard::merge::{merge, MergeInput, MergeOptions, MergeReport, MergeType};
 
 use crate::common::*;
 
@@ -19,7 +19,8 @@ fn lora(path: &Path, scale: f32) -> MergeInput {
 }
 
 fn run(model: &Path, inputs: &[MergeInput], out: &Path, ty: MergeType) -> MergeReport {
-    merge(model, inputs, out, ty, &|_, _| {}).unwrap_or_else(|e| panic!("merge: {e}"))
+    merge(model, inputs, out, &MergeOptions::new(ty), &|_, _| {})
+        .unwrap_or_else(|e| panic!("merge: {e}"))
 }
 
 /// A PEFT fixture converted to an F32 GGUF LoRA in its own directory.
@@ -209,7 +210,20 @@ fn smollm2_merges_keep_the_update_except_into_q4_1() {
     let effect = norm(&sub(&with, &base));
     let logits_of = |ty: MergeType, scale: f32| {
         let out = dir.path().join("m.gguf");
-        let r = run(&model_path, &[lora(&adapter, scale)], &out, ty);
+        // Written even where rounding erased the update: what it costs is
+        // measured here (by default such a merge is refused).
+        let opts = MergeOptions {
+            min_kept: None,
+            ..MergeOptions::new(ty)
+        };
+        let r = merge(
+            &model_path,
+            &[lora(&adapter, scale)],
+            &out,
+            &opts,
+            &|_, _| {},
+        )
+        .unwrap();
         (llama_logits(&load_model(&out), &[], &toks), r)
     };
     for (name, ty) in [
@@ -307,6 +321,85 @@ fn merge_refuses_bad_input_and_writes_nothing() {
     }
 }
 
+/// Issue 20, item 6: `--type same` on a 4-bit base kept 6% of the update,
+/// exited 0 and printed its warning as `error: warning: ...`. It now exits 2
+/// with the measured share and a hint, writing nothing; `--allow-lossy`
+/// writes it with a `warning:` line.
+#[test]
+fn merge_same_type_refuses_an_update_rounding_erased_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.gguf");
+    let adapter = root().join("fixtures/smollm2/task-lora");
+    let cmd = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_loraguard"))
+            .arg("merge")
+            .arg("--model")
+            .arg(smollm2_model())
+            .arg("--lora")
+            .arg(&adapter)
+            .arg("-o")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = cmd(&[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("keep 6.") && err.contains("hint:") && err.contains("--type q8_0"),
+        "{err}"
+    );
+    assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
+    let o = cmd(&["--allow-lossy"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("warning: rounding") && !err.contains("error:"),
+        "{err}"
+    );
+    assert!(out.exists());
+}
+
+/// Issue 20, item 1: merge converted PEFT adapters with
+/// `drop_unsupported: true` and exited 0 without their `modules_to_save`
+/// tensors. It now refuses them as `convert` does, and
+/// `--drop-unsupported` leaves them out with a warning naming each.
+#[test]
+fn merge_refuses_peft_tensors_it_cannot_bake_unless_told_to_drop_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.gguf");
+    let cmd = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_loraguard"))
+            .arg("merge")
+            .arg("--model")
+            .arg(tiny_base())
+            .arg("--lora")
+            .arg(tiny_adapter("modules-to-save"))
+            .arg("-o")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = cmd(&[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("lm_head") || err.contains("modules_to_save"),
+        "{err}"
+    );
+    assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
+    let o = cmd(&["--drop-unsupported"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("warning: left out (--drop-unsupported)"),
+        "{err}"
+    );
+    assert!(out.exists());
+}
+
 #[test]
 fn a_split_base_merges_like_the_single_file() {
     let _g = LLAMA.lock().unwrap_or_else(|e| e.into_inner());
@@ -337,7 +430,7 @@ fn a_split_base_merges_like_the_single_file() {
         &shard,
         &[lora(&tiny_adapter("plain"), 1.0)],
         &dir.path().join("x.gguf"),
-        MergeType::Same,
+        &MergeOptions::new(MergeType::Same),
         &|_, _| {},
     )
     .unwrap_err();

@@ -426,3 +426,34 @@ fn a_gguf_lora_input_gives_what_its_peft_source_gives() {
     assert!(e.contains("written back as a GGUF LoRA"), "{e}");
     assert!(!dir.path().join("x.gguf").exists() && !dir.path().join("dir").exists());
 }
+
+/// Issue 20, item 4: the safetensors header reader added untrusted u64
+/// `data_offsets` to the header length unchecked (an overflow panic in
+/// debug builds, a wrapped offset in release). Now bad input.
+#[test]
+fn huge_safetensors_offsets_are_bad_input_not_an_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = format!(
+        r#"{{"model.layers.0.self_attn.q_proj.weight":{{"dtype":"F32","shape":[1,1],"data_offsets":[{},{}]}}}}"#,
+        u64::MAX - 4,
+        u64::MAX
+    );
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(&[0u8; 4]);
+    let base = dir.path().join("huge.safetensors");
+    std::fs::write(&base, bytes).unwrap();
+    let out = dir.path().join("out");
+    let o = options(
+        &base,
+        &fixture("tiny/aligned"),
+        Selection::Threshold(0.5),
+        Projection::Paper,
+    );
+    let e = safe_lora(&tiny_adapter("plain"), &out, &o, &|_, _| {}).unwrap_err();
+    assert!(
+        e.is_bad_input() && e.to_string().contains("data_offsets"),
+        "{e}"
+    );
+    assert!(!out.exists());
+}

@@ -120,6 +120,7 @@ fn fused(dir: &Path, w: f64) -> PathBuf {
             density: None,
             seed: 0,
             protect: None,
+            selection: loraguard::fuse::Selection::Threshold(0.35),
             side: Default::default(),
             base: Some(smollm2_model()),
             convert: ConvertOptions::new(OutType::F16),

@@ -8,6 +8,8 @@ use std::process::Command;
 use loraguard::convert::{ConvertOptions, OutType};
 use loraguard::fuse::{fuse, FuseInput, FuseOptions, Method, Side};
 
+use ndarray::Array2;
+
 use crate::common::*;
 
 fn smol(name: &str) -> PathBuf {
@@ -25,6 +27,7 @@ fn fuse_to(out: &Path, method: Method, task: &str, safety: &str) {
         density: None,
         seed: 0,
         protect: Some(1),
+        selection: loraguard::fuse::Selection::Threshold(0.35),
         side: Side::Column,
         base: Some(smollm2_model()),
         convert: ConvertOptions::new(OutType::F32),
@@ -33,38 +36,101 @@ fn fuse_to(out: &Path, method: Method, task: &str, safety: &str) {
 }
 
 /// tune evaluates `task_orth + Σ w_g · safety_g` at runtime and writes
-/// `fuse --method orthogonal TASK:1 SAFETY:W@A-B,...`: the same logits.
+/// `fuse --method orthogonal TASK:1 SAFETY:W@A-B,...`: the same ΔW, module
+/// by module (dense updates read back from the GGUF files). Logits are not
+/// compared: llama.cpp sums runtime adapters in a different float order than
+/// one merged adapter, and on a Q4_1 base at safety weight 2 that reorder
+/// alone moves logits by up to ~0.7 of a ~20 effect (docs/safety.md).
 #[test]
 fn the_written_adapter_applies_what_the_runtime_scales_applied() {
     let d = tempfile::tempdir().unwrap();
     let p = |n: &str| d.path().join(n);
     fuse_to(&p("one.gguf"), Method::Orthogonal, "1", "1.5@20-24,2@25-29");
     fuse_to(&p("orth.gguf"), Method::Orthogonal, "1", "0");
-    fuse_to(&p("s1.gguf"), Method::Cat, "0", "1@20-24");
-    fuse_to(&p("s2.gguf"), Method::Cat, "0", "1@25-29");
-    let _g = LLAMA.lock().unwrap_or_else(|e| e.into_inner());
-    let model = load_model(&smollm2_model());
-    let toks = model
-        .tokenize("How do I bake bread at home?", true, false)
-        .unwrap();
-    let one = llama_logits(&model, &[(&p("one.gguf"), 1.0)], &toks);
-    let parts = llama_logits(
-        &model,
-        &[
-            (&p("orth.gguf"), 1.0),
-            (&p("s1.gguf"), 1.5),
-            (&p("s2.gguf"), 2.0),
-        ],
-        &toks,
-    );
-    let base = llama_logits(&model, &[], &toks);
-    let diff = max_abs_diff(&one, &parts);
-    let effect = max_abs_diff(&one, &base);
+    fuse_to(&p("s1.gguf"), Method::Cat, "0", "1.5@20-24");
+    fuse_to(&p("s2.gguf"), Method::Cat, "0", "2@25-29");
+    let parts = [p("orth.gguf"), p("s1.gguf"), p("s2.gguf")];
+    let (worst, largest) = dense_gap(&p("one.gguf"), &parts);
+    assert!(largest > 1e-3, "the safety groups are in the output");
     assert!(
-        diff < 2e-3,
-        "written vs runtime: {diff} (adapter effect {effect})"
+        worst <= 1e-6 * largest,
+        "written vs runtime parts: {worst} (largest entry {largest})"
     );
-    assert!(effect > 0.5, "the adapter changes the logits: {effect}");
+}
+
+/// Largest entry-wise gap between `one`'s dense ΔW and the sum of `parts`'
+/// over every module of `one` (plus the largest entry of `one`). Every
+/// module of every part must be in `one`.
+fn dense_gap(one: &Path, parts: &[PathBuf]) -> (f64, f64) {
+    use loraguard::analyze::source::AdapterSource;
+    let one = AdapterSource::open(one, None).unwrap();
+    let parts: Vec<_> = parts
+        .iter()
+        .map(|p| AdapterSource::open(p, None).unwrap())
+        .collect();
+    for s in &parts {
+        for m in s.modules() {
+            assert!(one.modules().contains(&m), "{m} only in a part");
+        }
+    }
+    let max_abs = |a: &Array2<f64>| a.mapv(f64::abs).fold(0.0, |a: f64, b| a.max(*b));
+    let (mut worst, mut largest) = (0.0f64, 0.0f64);
+    for m in one.modules() {
+        let want = one.load(&m).unwrap().to_dense();
+        let mut got = Array2::<f64>::zeros(want.dim());
+        for s in parts.iter().filter(|s| s.modules().contains(&m)) {
+            got += &s.load(&m).unwrap().to_dense();
+        }
+        worst = worst.max(max_abs(&(&got - &want)));
+        largest = largest.max(max_abs(&want));
+    }
+    (worst, largest)
+}
+
+/// tune's `selective` candidates are the plain task plus, per layer group,
+/// the safety adapter only in the selected modules (and those only it has);
+/// `fuse --method selective --top-n N` writes the same ΔW, module by module
+/// (compared as dense updates read back from both GGUF files).
+#[test]
+fn selective_written_equals_the_task_plus_the_selected_safety_modules() {
+    use loraguard::analyze::source::AdapterSource;
+    use loraguard::fuse::Selection;
+    let d = tempfile::tempdir().unwrap();
+    let p = |n: &str| d.path().join(n);
+    let inputs = [
+        FuseInput::parse(&format!("{}:1", smol("task-lora").display())).unwrap(),
+        FuseInput::parse(&format!("{}:1.5", smol("safety-lora").display())).unwrap(),
+    ];
+    let opts = FuseOptions {
+        method: Method::Selective,
+        rank: None,
+        density: None,
+        seed: 0,
+        protect: Some(1),
+        selection: Selection::TopN(60),
+        side: Side::Column,
+        base: Some(smollm2_model()),
+        convert: ConvertOptions::new(OutType::F32),
+    };
+    let rep = fuse(&inputs, &p("sel.gguf"), &opts, &|_, _| {}).unwrap();
+    let picked = rep.modules.iter().filter(|m| m.selected == Some(true));
+    assert_eq!(picked.count(), 60);
+    let spec: Vec<String> = rep
+        .modules
+        .iter()
+        .filter(|m| m.selected != Some(false))
+        .map(|m| format!("1.5%{}", m.module))
+        .collect();
+    fuse_to(&p("task.gguf"), Method::Cat, "1", "0");
+    fuse_to(&p("safety-sel.gguf"), Method::Cat, "0", &spec.join(","));
+    let parts = [p("task.gguf"), p("safety-sel.gguf")];
+    let (worst, largest) = dense_gap(&p("sel.gguf"), &parts);
+    let part = AdapterSource::open(&parts[1], None).unwrap();
+    assert_eq!(part.modules().len(), 150); // 60 selected + 90 only the safety adapter has
+    assert!(
+        worst <= 1e-6 * largest,
+        "written vs parts: {worst} (largest entry {largest})"
+    );
 }
 
 fn tune_cli(args: &[&str]) -> std::process::Output {
@@ -109,7 +175,7 @@ fn tune_searches_within_its_budget_and_writes_the_chosen_adapter() {
         "--plot",
         svg.to_str().unwrap(),
         "--budget",
-        "3",
+        "5",
         "--max-tokens",
         "8",
         "--task-tokens",
@@ -125,7 +191,10 @@ fn tune_searches_within_its_budget_and_writes_the_chosen_adapter() {
     assert!(r.status.success(), "{stderr}");
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&rep).unwrap()).unwrap();
     let cands = v["candidates"].as_array().unwrap();
-    assert!(!cands.is_empty() && cands.len() <= 3, "{}", cands.len());
+    // Three suffix ladders (one per group), then selective at 1 and 1.5.
+    assert_eq!(cands.len(), 5);
+    assert_eq!(cands[3]["candidate"]["method"], "selective");
+    assert!(v["selective_top_n"].as_u64().unwrap() >= 1);
     assert_eq!(v["layer_groups"].as_array().unwrap().len(), 3);
     assert_eq!(v["judge"], "rules-v1");
     assert_eq!(v["chosen"]["meets"], true);

@@ -75,10 +75,11 @@ pub fn quantize(type_id: u32, data: &[f32], n_per_row: usize) -> Result<Vec<u8>>
 /// [`quantize`] into `out`, which must hold exactly the quantized rows.
 pub fn quantize_into(type_id: u32, data: &[f32], n_per_row: usize, out: &mut [u8]) -> Result<()> {
     let need = quantized_len(type_id, data, n_per_row)?;
-    // SAFETY: type_id is valid (checked above).
-    if unsafe { sys::ggml_quantize_requires_imatrix(type_id as _) } {
+    // ggml_quantize_chunk aborts (GGML_ASSERT) on a type it has no quantizer
+    // for (Q8_K, I8, ...) and on those that need an importance matrix.
+    if !can_quantize(type_id) {
         return Err(Error::Ggml(format!(
-            "type {type_id} needs an importance matrix"
+            "type {type_id} cannot be quantized without an importance matrix, or at all"
         )));
     }
     let nrows = data.len() / n_per_row;

@@ -21,6 +21,8 @@ pub mod blas;
 mod build_info;
 pub mod ggml;
 pub mod gguf_build;
+mod log;
+pub mod mmap;
 mod model;
 pub mod q4_k;
 mod sample;
@@ -42,16 +44,24 @@ pub use session::{GenerateOptions, Generated, Session, SessionOptions};
 pub enum Error {
     #[error("llama.cpp backend failed to initialise: {0}")]
     Backend(String),
-    #[error("{path}: llama.cpp could not load the model (see the log with -v for its reason)")]
-    ModelLoad { path: PathBuf },
-    #[error("{path}: llama.cpp refused the LoRA adapter (see the log with -v for its reason)")]
-    AdapterLoad { path: PathBuf },
+    #[error("{path}: llama.cpp could not load the model: {}", reason.as_deref().unwrap_or("no reason logged (run with -v for its log)"))]
+    ModelLoad {
+        path: PathBuf,
+        reason: Option<String>,
+    },
+    #[error("{path}: llama.cpp refused the LoRA adapter: {}", reason.as_deref().unwrap_or("no reason logged (run with -v for its log)"))]
+    AdapterLoad {
+        path: PathBuf,
+        reason: Option<String>,
+    },
     #[error("path {0:?} is not valid UTF-8 or contains a NUL byte")]
     Path(PathBuf),
     #[error("llama.cpp could not create a context")]
     Context,
     #[error("llama_decode failed with status {0}")]
     Decode(i32),
+    #[error("{path}: the adapter was loaded for another model than {model}")]
+    AdapterModel { path: PathBuf, model: PathBuf },
     #[error("llama_set_adapters_lora failed with status {0}")]
     SetAdapters(i32),
     #[error("tokenization failed: {0}")]
@@ -62,6 +72,22 @@ pub enum Error {
     Generate(String),
     #[error("ggml: {0}")]
     Ggml(String),
+}
+
+impl Error {
+    /// True when the input is at fault (a file llama.cpp refuses, an adapter
+    /// of another model), not llama.cpp or the machine.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            Error::ModelLoad { .. }
+                | Error::AdapterLoad { .. }
+                | Error::AdapterModel { .. }
+                | Error::Path(_)
+                | Error::Tokenize(_)
+                | Error::Template(_)
+        )
+    }
 }
 
 /// Result alias for this crate.
@@ -75,7 +101,7 @@ static BACKEND: OnceLock<std::result::Result<llama_cpp_2::llama_backend::LlamaBa
 pub fn init_backend() -> Result<()> {
     BACKEND
         .get_or_init(|| {
-            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            log::install();
             llama_cpp_2::llama_backend::LlamaBackend::init().map_err(|e| e.to_string())
         })
         .as_ref()

@@ -16,16 +16,25 @@ pub struct ModelOptions {
 }
 
 /// A loaded llama.cpp model.
+///
+/// `Send` but not `Sync`: [`Model::load_adapter`] and an [`Adapter`]'s drop
+/// insert into and erase from the model's set of adapters (a C++
+/// `std::unordered_set` in llama-adapter.cpp), so two threads sharing a
+/// `&Model` could race. Sharing one across threads does not compile:
+///
+/// ```compile_fail
+/// fn shared<T: Sync>() {}
+/// shared::<loraguard_llama::Model>();
+/// ```
 pub struct Model {
     ptr: NonNull<sys::llama_model>,
     path: PathBuf,
 }
 
-// SAFETY: a llama_model is immutable after loading; llama.cpp reads it from
-// several contexts and threads at once.
+// SAFETY: a llama_model has no thread affinity: moving the owner (with no
+// borrow alive, as the lifetimes of Adapter and Session guarantee) to
+// another thread is sound. It is deliberately not Sync (see above).
 unsafe impl Send for Model {}
-// SAFETY: see Send: all access through &Model is read-only in llama.cpp.
-unsafe impl Sync for Model {}
 
 impl Drop for Model {
     fn drop(&mut self) {
@@ -43,9 +52,13 @@ impl Model {
         // SAFETY: plain value-returning call with no arguments.
         let mut params = unsafe { sys::llama_model_default_params() };
         params.n_gpu_layers = opts.gpu_layers.min(i32::MAX as u32) as i32;
+        crate::log::clear();
         // SAFETY: cpath is a valid NUL-terminated string that outlives the call.
         let raw = unsafe { sys::llama_model_load_from_file(cpath.as_ptr(), params) };
-        let ptr = NonNull::new(raw).ok_or_else(|| Error::ModelLoad { path: path.into() })?;
+        let ptr = NonNull::new(raw).ok_or_else(|| Error::ModelLoad {
+            path: path.into(),
+            reason: crate::log::reason(),
+        })?;
         Ok(Model {
             ptr,
             path: path.to_path_buf(),
@@ -217,11 +230,16 @@ impl Model {
     /// Load a GGUF LoRA adapter for this model.
     pub fn load_adapter(&self, path: &Path) -> Result<Adapter<'_>> {
         let cpath = c_path(path)?;
+        crate::log::clear();
         // SAFETY: the model is valid for 'self and the path string outlives the call.
         let raw = unsafe { sys::llama_adapter_lora_init(self.raw(), cpath.as_ptr()) };
-        let ptr = NonNull::new(raw).ok_or_else(|| Error::AdapterLoad { path: path.into() })?;
+        let ptr = NonNull::new(raw).ok_or_else(|| Error::AdapterLoad {
+            path: path.into(),
+            reason: crate::log::reason(),
+        })?;
         Ok(Adapter {
             ptr,
+            model: self.ptr,
             path: path.to_path_buf(),
             _model: PhantomData,
         })
@@ -231,6 +249,9 @@ impl Model {
 /// A LoRA adapter loaded for model `'m`; freed on drop, before its model.
 pub struct Adapter<'m> {
     ptr: NonNull<sys::llama_adapter_lora>,
+    /// The model it was loaded for: a session of another model refuses it
+    /// (ggml would abort on the shapes).
+    model: NonNull<sys::llama_model>,
     path: PathBuf,
     _model: PhantomData<&'m Model>,
 }
@@ -243,6 +264,11 @@ impl Adapter<'_> {
 
     pub(crate) fn raw(&self) -> *mut sys::llama_adapter_lora {
         self.ptr.as_ptr()
+    }
+
+    /// Whether it was loaded for `model`.
+    pub fn belongs_to(&self, model: &Model) -> bool {
+        self.model == model.ptr
     }
 }
 

@@ -107,6 +107,12 @@ impl<'m, 'a> Session<'m, 'a> {
     /// Replace the active adapters: each `(adapter, scale)` applies
     /// `scale · alpha / rank · B·A` at once. An empty slice removes all.
     pub fn set_adapters(&mut self, adapters: &[(&'a Adapter<'m>, f32)]) -> Result<()> {
+        if let Some((a, _)) = adapters.iter().find(|(a, _)| !a.belongs_to(self.model)) {
+            return Err(Error::AdapterModel {
+                path: a.path().to_path_buf(),
+                model: self.model.path().to_path_buf(),
+            });
+        }
         let mut ptrs: Vec<*mut sys::llama_adapter_lora> =
             adapters.iter().map(|(a, _)| a.raw()).collect();
         let mut scales: Vec<f32> = adapters.iter().map(|(_, s)| *s).collect();

@@ -194,12 +194,11 @@ pub fn analyze(
     } else {
         None
     };
-    let src = AdapterSource::open(adapter, via)?;
-    let other = opts
-        .against
-        .as_deref()
-        .map(|p| AdapterSource::open(p, via))
-        .transpose()?;
+    // Analysis reads the LoRA pairs only: tensors outside them
+    // (`modules_to_save`) do not stop it, and nothing is written.
+    let open = |p: &Path| AdapterSource::open_for(p, via, true).map(|(s, _)| s);
+    let src = open(adapter)?;
+    let other = opts.against.as_deref().map(open).transpose()?;
     let base = match &opts.base {
         Some(b) => {
             let g = GgufFile::open(b)?;

@@ -50,21 +50,40 @@ impl AdapterSource {
     /// Open a PEFT directory or GGUF LoRA. With `convert_with`, a PEFT
     /// adapter is first converted (exactly, in F32) for that base GGUF, so that
     /// its modules carry GGUF names and layout.
+    /// A PEFT adapter with tensors outside LoRA pairs (`modules_to_save`)
+    /// is refused, as `convert` refuses it.
     pub fn open(path: &Path, convert_with: Option<&Path>) -> Result<Self> {
+        Ok(Self::open_for(path, convert_with, false)?.0)
+    }
+
+    /// [`AdapterSource::open`], leaving out (with `drop_unsupported`) the
+    /// PEFT tensors outside LoRA pairs instead of refusing them; returns
+    /// the names of those left out.
+    pub fn open_for(
+        path: &Path,
+        convert_with: Option<&Path>,
+        drop_unsupported: bool,
+    ) -> Result<(Self, Vec<String>)> {
         if crate::peft::looks_like_peft(path) {
             let Some(base) = convert_with else {
-                return Ok(AdapterSource::Peft(PeftAdapter::open(path)?));
+                let a = PeftAdapter::open(path)?;
+                if !a.unsupported.is_empty() && !drop_unsupported {
+                    return Err(crate::convert::unsupported_error(&a, &a.unsupported));
+                }
+                let dropped = a.unsupported.iter().map(|t| t.name.clone()).collect();
+                return Ok((AdapterSource::Peft(a), dropped));
             };
             let tmp = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
             let out = tmp.path().join("adapter.gguf");
             let opts = crate::convert::ConvertOptions {
-                drop_unsupported: true,
+                drop_unsupported,
                 ..crate::convert::ConvertOptions::new(crate::convert::OutType::F32)
             };
-            crate::convert::convert(path, base, Some(&out), &opts, &|_, _| {})?;
-            return Self::open_gguf(&out, Some(tmp));
+            let r = crate::convert::convert(path, base, Some(&out), &opts, &|_, _| {})?;
+            let dropped = r.dropped.iter().map(|t| t.name.clone()).collect();
+            return Ok((Self::open_gguf(&out, Some(tmp))?, dropped));
         }
-        Self::open_gguf(path, None)
+        Ok((Self::open_gguf(path, None)?, Vec::new()))
     }
 
     fn open_gguf(path: &Path, tmp: Option<tempfile::TempDir>) -> Result<Self> {
@@ -148,6 +167,9 @@ impl AdapterSource {
                 let a = gguf_tensor_f32(&file.path, map, ta)?;
                 let b = gguf_tensor_f32(&file.path, map, tb)?;
                 let r = tb.ne[0] as usize;
+                if r == 0 {
+                    return Err(crate::safelora::input::rank_zero(&file.path, module));
+                }
                 let scale = match alpha {
                     Some(al) if *al != 0.0 => al / r as f64,
                     _ => 1.0,

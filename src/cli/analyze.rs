@@ -6,7 +6,7 @@ use clap::Args;
 use loraguard::analyze::plot::{plot, PlotFormat};
 use loraguard::analyze::{analyze, AnalyzeOptions};
 
-use super::output::{print_stdout, progress_of, write_json, Ui, EXIT_OK};
+use super::output::{json_on_stdout, print_stdout, progress_of, write_json, Ui, EXIT_OK};
 
 #[derive(Debug, Args)]
 pub struct AnalyzeArgs {
@@ -19,9 +19,10 @@ pub struct AnalyzeArgs {
     /// Another adapter (PEFT or GGUF) to compare with, module by module.
     #[arg(long, value_name = "OTHER")]
     pub against: Option<PathBuf>,
-    /// Size of the base weights' top singular subspace.
+    /// Size of the base weights' top singular subspace (was --top-k, which
+    /// in `check` is a sampling cut-off).
     #[arg(long, default_value_t = 64, value_name = "K")]
-    pub top_k: usize,
+    pub subspace: usize,
     /// Seed of the randomized SVD.
     #[arg(long, default_value_t = 0, value_name = "S")]
     pub seed: u64,
@@ -30,7 +31,7 @@ pub struct AnalyzeArgs {
     /// the top-64 subspace of a 4096x14336 weight, see CHANGELOG).
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub power_iters: usize,
-    /// Write the full report as JSON here.
+    /// Write the full report as JSON here (`-` for stdout, instead of the table).
     #[arg(long, value_name = "OUT.json")]
     pub json: Option<PathBuf>,
     /// Draw per-layer curves (norms, effective ranks, base-subspace energy,
@@ -52,7 +53,7 @@ pub fn run(args: AnalyzeArgs, ui: &Ui) -> anyhow::Result<i32> {
     let opts = AnalyzeOptions {
         base: args.base,
         against: args.against,
-        top_k: args.top_k,
+        top_k: args.subspace,
         seed: args.seed,
         power_iters: args.power_iters,
     };
@@ -66,7 +67,7 @@ pub fn run(args: AnalyzeArgs, ui: &Ui) -> anyhow::Result<i32> {
     if let Some(p) = &args.plot {
         plot(&report, p)?;
     }
-    if !ui.quiet {
+    if !ui.quiet && !json_on_stdout(&args.json) {
         print_stdout(&report.to_string())?;
     }
     Ok(EXIT_OK)

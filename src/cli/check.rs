@@ -12,12 +12,14 @@ use loraguard::check::{check, AdapterSpec, CheckOptions, Template};
 use loraguard::judge::Judge;
 use loraguard::llama::{default_threads, Sampling};
 
-use super::output::{print_stdout, progress_of, step_summary, Ui, EXIT_GATE, EXIT_OK};
+use super::output::{
+    json_on_stdout, print_stdout, progress_of, step_summary, Ui, EXIT_GATE, EXIT_OK,
+};
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// The base model GGUF.
-    #[arg(long, value_name = "BASE.gguf")]
+    #[arg(long = "base", visible_alias = "model", value_name = "BASE.gguf")]
     pub model: PathBuf,
     /// A GGUF LoRA to apply, with an optional scale (default 1); repeat for
     /// several adapters active at once.
@@ -77,7 +79,7 @@ pub struct CheckArgs {
     /// Generate exactly --max-tokens tokens, past end-of-generation (benchmarks).
     #[arg(long)]
     pub ignore_eos: bool,
-    /// Write the full JSON report here.
+    /// Write the full JSON report here (`-` for stdout, instead of the table).
     #[arg(long, value_name = "OUT.json")]
     pub json: Option<PathBuf>,
     /// Write a Markdown report here.
@@ -167,8 +169,10 @@ pub fn run(args: CheckArgs, ui: &Ui, threads: Option<usize>) -> anyhow::Result<i
     let (report, t) = check(&opts, &prompts, &progress)?;
     bar.finish_and_clear();
     let violations = evaluate(&report, &gates)?;
-    if let Some(p) = &args.json {
-        write_atomic(p, report.to_json().as_bytes())?;
+    match &args.json {
+        Some(_) if json_on_stdout(&args.json) => print_stdout(&report.to_json())?,
+        Some(p) => write_atomic(p, report.to_json().as_bytes())?,
+        None => {}
     }
     if let Some(p) = &args.markdown {
         write_atomic(p, report.to_markdown().as_bytes())?;
@@ -191,7 +195,7 @@ pub fn run(args: CheckArgs, ui: &Ui, threads: Option<usize>) -> anyhow::Result<i
             .map(|v| format!("\n**gate failed:** {v}\n"))
             .collect::<String>()
     ));
-    if !ui.quiet {
+    if !ui.quiet && !json_on_stdout(&args.json) {
         let line = |l: &str, n: usize, refused: usize, partial: usize| {
             let r = loraguard::judge::stats::RateCi::new(refused, n);
             format!(

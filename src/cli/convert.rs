@@ -6,7 +6,7 @@ use clap::Args;
 use loraguard::convert::{convert, ConvertOptions, ModuleStats};
 
 use super::gguf_out::GgufOutArgs;
-use super::output::{print_stdout, progress_of, Ui, EXIT_OK};
+use super::output::{progress_of, write_json, Ui, EXIT_OK};
 
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
@@ -36,9 +36,10 @@ pub struct ConvertArgs {
     /// written (re-factoring plus the output type's rounding) and report it.
     #[arg(long)]
     pub measure_error: bool,
-    /// Print the report as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
+    /// Write the report as JSON to PATH; `--json` alone or `--json -`
+    /// prints it on stdout (instead of the summary line).
+    #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "-")]
+    pub json: Option<PathBuf>,
 }
 
 pub fn run(args: ConvertArgs, ui: &Ui) -> anyhow::Result<i32> {
@@ -66,32 +67,12 @@ pub fn run(args: ConvertArgs, ui: &Ui) -> anyhow::Result<i32> {
     if let Some(line) = module_summary(&report.modules) {
         ui.say(&line);
     }
-    if args.json {
-        let json = serde_json::json!({
-            "adapter": report.adapter,
-            "base": report.base,
-            "output": report.output,
-            "architecture": report.architecture,
-            "alpha": report.alpha,
-            "outtype": report.outtype.name(),
-            "targets": report.targets,
-            "baked": report.baked,
-            "transforms": report.transforms,
-            "dropped": report.dropped.iter().map(|d| serde_json::json!({"tensor": d.name, "reason": d.reason})).collect::<Vec<_>>(),
-            "fallbacks": report.fallbacks,
-            "source_sha256": report.source_sha256,
-            "bytes_written": report.bytes_written,
-            "dry_run": args.dry_run,
-            "refactor": report.truncation.map(|t| serde_json::json!({"max_rank": t.max_rank, "energy": t.energy})),
-            "modules": report.modules.iter().map(|m| serde_json::json!({
-                "tensor": m.tensor,
-                "source_rank": m.source_rank,
-                "rank": m.rank,
-                "truncation_error": m.truncation_error,
-                "written_error": m.written_error,
-            })).collect::<Vec<_>>(),
-        });
-        print_stdout(&format!("{}\n", serde_json::to_string_pretty(&json)?))?;
+    if let Some(p) = &args.json {
+        write_json(p, &report)?;
+    }
+    let json_on_stdout = args.json.as_deref() == Some(std::path::Path::new("-"));
+    if json_on_stdout {
+        // The report is the output.
     } else if args.dry_run {
         ui.say(&format!(
             "dry run: {} LoRA pairs for {} (alpha {}, {}; {} with PEFT's scale baked into lora_b); nothing written",

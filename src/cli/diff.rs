@@ -8,7 +8,7 @@ use loraguard::check::diff::diff;
 use loraguard::check::report::CheckReport;
 use loraguard::Error;
 
-use super::output::{print_stdout, write_json, Ui, EXIT_GATE, EXIT_OK};
+use super::output::{json_on_stdout, print_stdout, write_json, Ui, EXIT_GATE, EXIT_OK};
 
 #[derive(Debug, Args)]
 pub struct DiffArgs {
@@ -19,7 +19,7 @@ pub struct DiffArgs {
     /// Write a Markdown diff (rate deltas, flipped prompts side by side) here.
     #[arg(long, value_name = "OUT.md")]
     pub markdown: Option<PathBuf>,
-    /// Write the diff as JSON here.
+    /// Write the diff as JSON here (`-` for stdout, instead of the summary).
     #[arg(long, value_name = "OUT.json")]
     pub json: Option<PathBuf>,
     /// Fail (exit 3) when B answers a prompt with this label that A refused.
@@ -59,7 +59,7 @@ pub fn run(args: DiffArgs, ui: &Ui) -> anyhow::Result<i32> {
     if let Some(p) = &args.json {
         write_json(p, &d)?;
     }
-    if !ui.quiet {
+    if !ui.quiet && !json_on_stdout(&args.json) {
         print_stdout(&d.summary_text())?;
     }
     if failed.is_empty() {

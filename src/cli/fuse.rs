@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use loraguard::fuse::{fuse, FuseInput, FuseOptions, Method, Side, METHODS};
+use loraguard::fuse::{fuse, FuseInput, FuseOptions, Method, Selection, Side, METHODS};
 
 use super::gguf_out::GgufOutArgs;
 use super::output::{progress_of, write_json, Ui, EXIT_OK};
@@ -22,8 +22,10 @@ pub struct FuseArgs {
     /// sum, the report says by how much): linear, ties, dare_linear,
     /// dare_ties, magnitude_prune, or PEFT's dense merges truncated to
     /// --rank: ties_svd, dare_linear_svd, dare_ties_svd, magnitude_prune_svd;
-    /// or orthogonal (cat after removing from the other adapters' updates
-    /// their component in the --protect adapter's --side subspace).
+    /// orthogonal (cat after removing from the other adapters' updates
+    /// their component in the --protect adapter's --side subspace), or
+    /// selective (SafeMERGE: cat of both adapters in the modules selected
+    /// by --threshold or --top-n, the task adapter alone elsewhere).
     #[arg(long, value_parser = parse_method, value_name = "METHOD")]
     pub method: Method,
     /// svd and *_svd: the rank kept (default: the largest input rank).
@@ -35,14 +37,25 @@ pub struct FuseArgs {
     /// dare_*: the seed of the random masks.
     #[arg(long, default_value_t = 0, value_name = "S")]
     pub seed: u64,
-    /// orthogonal: the adapter (1-based) the others are kept out of; the
-    /// last one by default (put the safety adapter last).
+    /// orthogonal and selective: the safety adapter (1-based), the one the
+    /// others are kept out of or that is fused selectively; the last one by
+    /// default (put the safety adapter last).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub protect: Option<u32>,
     /// orthogonal: project away from the protected adapter's column space
     /// (output directions), row space (input directions), or both.
     #[arg(long, value_name = "SIDE", default_value = "column", value_parser = parse_side)]
     pub side: Side,
+    /// selective: fuse the safety adapter into the modules whose Safe LoRA
+    /// similarity (of the task's update to the safety update's subspace) is
+    /// at most T; SafeMERGE's default, 0.35, when neither this nor --top-n
+    /// is given.
+    #[arg(long, value_name = "T", conflicts_with = "top_n")]
+    pub threshold: Option<f64>,
+    /// selective: fuse the safety adapter into the N least similar modules
+    /// (ties at the N-th similarity too).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub top_n: Option<u32>,
     /// The base model GGUF, needed for a .gguf output.
     #[arg(long, value_name = "BASE.gguf")]
     pub base: Option<PathBuf>,
@@ -51,8 +64,8 @@ pub struct FuseArgs {
     pub output: PathBuf,
     #[command(flatten)]
     pub out: GgufOutArgs,
-    /// Write the per-module report as JSON here.
-    #[arg(long, value_name = "REPORT.json")]
+    /// Write the per-module report as JSON here (`-` for stdout).
+    #[arg(long = "json", visible_alias = "report", value_name = "PATH")]
     pub report: Option<PathBuf>,
 }
 
@@ -73,7 +86,19 @@ pub fn run(args: FuseArgs, ui: &Ui) -> anyhow::Result<i32> {
         .iter()
         .map(|s| FuseInput::parse(s))
         .collect::<Result<Vec<_>, _>>()?;
+    if args.method != Method::Selective && (args.threshold.is_some() || args.top_n.is_some()) {
+        return Err(loraguard::error::Error::Usage(
+            "--threshold and --top-n choose modules for --method selective only".into(),
+        )
+        .into());
+    }
+    let selection = match (args.threshold, args.top_n) {
+        (_, Some(n)) => Selection::TopN(n as usize),
+        (Some(t), None) => Selection::Threshold(t),
+        (None, None) => Selection::Threshold(0.35),
+    };
     let opts = FuseOptions {
+        selection,
         method: args.method,
         rank: args.rank.map(|k| k as usize),
         density: args.density,
@@ -98,6 +123,21 @@ pub fn run(args: FuseArgs, ui: &Ui) -> anyhow::Result<i32> {
         .map(|m| m.relative_error)
         .fold(0.0f64, f64::max);
     let rank: usize = report.modules.iter().map(|m| m.rank).sum();
+    if report.method == "selective" {
+        let picked = report
+            .modules
+            .iter()
+            .filter(|m| m.selected == Some(true))
+            .count();
+        let judged = report
+            .modules
+            .iter()
+            .filter(|m| m.selected.is_some())
+            .count();
+        ui.say(&format!(
+            "selective: the safety adapter fused into {picked} of the {judged} modules both adapters have"
+        ));
+    }
     ui.say(&format!(
         "fused {} adapters ({}) over {} modules, total rank {rank}; largest relative error against the exact weighted sum {worst:.2e}; wrote {}",
         inputs.len(),

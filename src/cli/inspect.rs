@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use loraguard::inspect::inspect;
 
-use super::output::{print_stdout, EXIT_BAD_INPUT, EXIT_OK};
+use super::output::{print_stdout, write_json, EXIT_BAD_INPUT, EXIT_OK};
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
@@ -14,16 +14,18 @@ pub struct InspectArgs {
     /// Check whether the adapter fits this base model GGUF, and say why not.
     #[arg(long, value_name = "BASE.gguf")]
     pub base: Option<PathBuf>,
-    /// Print JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
+    /// Write the report as JSON to PATH; `--json` alone or `--json -`
+    /// prints it on stdout (instead of the text).
+    #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "-")]
+    pub json: Option<PathBuf>,
 }
 
 pub fn run(args: InspectArgs) -> anyhow::Result<i32> {
     let info = inspect(&args.path, args.base.as_deref())?;
-    if args.json {
-        print_stdout(&format!("{}\n", serde_json::to_string_pretty(&info)?))?;
-    } else {
+    if let Some(p) = &args.json {
+        write_json(p, &info)?;
+    }
+    if args.json.as_deref() != Some(std::path::Path::new("-")) {
         print_stdout(&info.to_string())?;
     }
     Ok(if info.fit.as_ref().is_some_and(|f| !f.fits) {

@@ -3,14 +3,14 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use loraguard::merge::{merge, MergeInput, MergeType};
+use loraguard::merge::{merge, MergeInput, MergeOptions, MergeType};
 
 use super::output::{progress_of, write_json, Ui, EXIT_OK};
 
 #[derive(Debug, Args)]
 pub struct MergeArgs {
     /// The base model GGUF (any type; for a split model, its first shard).
-    #[arg(long, value_name = "BASE.gguf")]
+    #[arg(long = "base", visible_alias = "model", value_name = "BASE.gguf")]
     pub model: PathBuf,
     /// An adapter to bake in, as PATH[:SCALE] (a GGUF LoRA of any type or a
     /// PEFT directory; scale 1 if omitted). Repeat for several.
@@ -24,13 +24,23 @@ pub struct MergeArgs {
     /// Tensors no adapter touches are copied as they are.
     #[arg(long = "type", default_value = "same", value_parser = parse_type, value_name = "TYPE")]
     pub ty: MergeType,
-    /// Write the per-tensor report as JSON here.
-    #[arg(long, value_name = "REPORT.json")]
+    /// Write the merge even when the merged tensors' types keep less than
+    /// half of the adapters' update (by default that exits 2 and writes
+    /// nothing: such a model behaves much like the base).
+    #[arg(long)]
+    pub allow_lossy: bool,
+    /// Leave out PEFT tensors outside LoRA pairs (modules_to_save, e.g. a
+    /// trained lm_head) instead of refusing the adapter; they are listed.
+    #[arg(long)]
+    pub drop_unsupported: bool,
+    /// Write the per-tensor report as JSON here (`-` for stdout).
+    #[arg(long = "json", visible_alias = "report", value_name = "PATH")]
     pub report: Option<PathBuf>,
 }
 
-/// Below this fraction of the update kept, warn.
-const LOW_KEPT: f64 = 0.5;
+/// Below this fraction of the update kept, warn (it is written only with
+/// --allow-lossy).
+const LOW_KEPT: f64 = loraguard::merge::DEFAULT_MIN_KEPT;
 
 fn parse_type(s: &str) -> Result<MergeType, String> {
     MergeType::parse(s).ok_or_else(|| {
@@ -49,7 +59,12 @@ pub fn run(args: MergeArgs, ui: &Ui) -> anyhow::Result<i32> {
         .collect::<Result<Vec<_>, _>>()?;
     let bar = ui.bar("merge");
     let progress = progress_of(&bar);
-    let report = merge(&args.model, &inputs, &args.output, args.ty, &progress);
+    let opts = MergeOptions {
+        min_kept: (!args.allow_lossy).then_some(loraguard::merge::DEFAULT_MIN_KEPT),
+        drop_unsupported: args.drop_unsupported,
+        ..MergeOptions::new(args.ty)
+    };
+    let report = merge(&args.model, &inputs, &args.output, &opts, &progress);
     bar.finish_and_clear();
     let report = report?;
     if let Some(p) = &args.report {
@@ -72,10 +87,14 @@ pub fn run(args: MergeArgs, ui: &Ui) -> anyhow::Result<i32> {
         report.output.display(),
         report.output_bytes as f64 / (1u64 << 20) as f64
     ));
+    for d in &report.dropped {
+        ui.warn(&format!("left out (--drop-unsupported): {d}"));
+    }
     if report.update_kept < LOW_KEPT {
-        ui.error(&format!(
-            "warning: rounding to the merged tensors' types lost most of the adapters' update \
-             ({:.0}% kept); the merged model behaves much like the base. Use --type q8_0 or f16.",
+        ui.warn(&format!(
+            "rounding to the merged tensors' types lost most of the adapters' update \
+             ({:.0}% kept; written because of --allow-lossy); the merged model behaves much \
+             like the base. Use --type q8_0 or f16.",
             100.0 * report.update_kept
         ));
     }

@@ -44,7 +44,7 @@ pub enum Command {
     /// V = W_aligned − W_base, module by module (Hsu et al., 2024).
     SafeLora(safe_lora::SafeLoraArgs),
     /// Fuse adapters (e.g. a task and a safety adapter) into one: exact cat,
-    /// svd to a rank, or PEFT's linear.
+    /// orthogonal, selective (SafeMERGE), svd to a rank, or PEFT's merges.
     Fuse(fuse::FuseArgs),
     /// Bake adapters into a base GGUF (W + Σ s·ΔW), requantized with ggml.
     Merge(merge::MergeArgs),

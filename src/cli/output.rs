@@ -67,6 +67,11 @@ impl Ui {
         let _ = writeln!(std::io::stderr(), "error: {line}");
     }
 
+    /// A warning for stderr, even when quiet.
+    pub fn warn(&self, line: &str) {
+        let _ = writeln!(std::io::stderr(), "warning: {line}");
+    }
+
     /// A line for stderr unless quiet.
     pub fn say(&self, line: &str) {
         if !self.quiet {
@@ -139,9 +144,19 @@ pub fn progress_of(bar: &ProgressBar) -> impl Fn(usize, usize) + Sync + '_ {
 }
 
 /// Write `value` as pretty JSON with a final newline, atomically.
+/// Whether `--json` sends the report to stdout (`-`): the command then
+/// prints nothing else there.
+pub fn json_on_stdout(json: &Option<std::path::PathBuf>) -> bool {
+    json.as_deref() == Some(std::path::Path::new("-"))
+}
+
+/// Write `value` as pretty JSON to `path` atomically, or on stdout for `-`.
 pub fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
     let mut s = serde_json::to_string_pretty(value)?;
     s.push('\n');
+    if path == std::path::Path::new("-") {
+        return print_stdout(&s);
+    }
     loraguard::atomic::write_atomic(path, s.as_bytes())?;
     Ok(())
 }

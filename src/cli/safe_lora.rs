@@ -44,8 +44,8 @@ pub struct SafeLoraArgs {
     /// Seed of the randomized SVD for --exact-projection on dense weights.
     #[arg(long, default_value_t = 0, value_name = "S")]
     pub seed: u64,
-    /// Write the per-module report as JSON here.
-    #[arg(long, value_name = "REPORT.json")]
+    /// Write the per-module report as JSON here (`-` for stdout).
+    #[arg(long = "json", visible_alias = "report", value_name = "PATH")]
     pub report: Option<PathBuf>,
 }
 

@@ -33,8 +33,8 @@ pub struct TuneArgs {
     /// The tuned adapter, a GGUF LoRA.
     #[arg(short, long, value_name = "OUT.gguf")]
     pub output: PathBuf,
-    /// Write every candidate's numbers, the chosen one and why, as JSON.
-    #[arg(long, value_name = "R.json")]
+    /// Write every candidate's numbers, the chosen one and why, as JSON (`-` for stdout).
+    #[arg(long = "json", visible_alias = "report", value_name = "PATH")]
     pub report: Option<PathBuf>,
     /// Plot the frontier (unsafe compliance against task kept) as SVG.
     #[arg(long, value_name = "R.svg")]

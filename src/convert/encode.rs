@@ -105,6 +105,31 @@ fn encode_contiguous(
     Some(out)
 }
 
+/// Whether `t`'s `lora_a` and `lora_b`, as [`encode_target`] writes them
+/// (B times each part's factor, in f32), hold values beyond F16's range:
+/// `--outtype auto` writes those tensors as F32 instead.
+pub fn beyond_f16(adapter: &PeftAdapter, t: &Target) -> (bool, bool) {
+    let over = |span: &TensorSpan, factor: f32| {
+        let bytes = adapter.bytes(span);
+        let mut buf = vec![0f32; SCRATCH.min(bytes.len() / span.dtype.size())];
+        bytes.chunks(SCRATCH * span.dtype.size()).any(|chunk| {
+            let buf = &mut buf[..chunk.len() / span.dtype.size()];
+            decode_into(span.dtype, chunk, buf);
+            if factor != 1.0 {
+                buf.iter_mut().for_each(|x| *x *= factor);
+            }
+            !fits_f16(buf)
+        })
+    };
+    let pairs = &adapter.pairs;
+    (
+        t.parts.iter().any(|p| over(&pairs[p.pair].a, 1.0)),
+        t.parts
+            .iter()
+            .any(|p| over(&pairs[p.pair].b, p.b_factor as f32)),
+    )
+}
+
 /// A factor in the mapped file, read row by row.
 struct Src<'a> {
     bytes: &'a [u8],

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 pub use encode::encode_target;
+pub(crate) use plan::unsupported_error;
 pub use plan::{effective_b_factor, plan, Plan, Target, TargetPart};
 pub use refactor::ModuleStats;
 pub use write::write_gguf;
@@ -130,6 +131,39 @@ pub struct ConvertReport {
     pub modules: Vec<ModuleStats>,
 }
 
+/// The JSON report (`convert --json`): the fields as named here, except
+/// `outtype` (its name), `dropped` (`tensor`, `reason`), `refactor` (the
+/// truncation) and `dry_run` (no output written).
+impl serde::Serialize for ConvertReport {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let json = serde_json::json!({
+            "adapter": self.adapter,
+            "base": self.base,
+            "output": self.output,
+            "architecture": self.architecture,
+            "alpha": self.alpha,
+            "outtype": self.outtype.name(),
+            "targets": self.targets,
+            "baked": self.baked,
+            "transforms": self.transforms,
+            "dropped": self.dropped.iter().map(|d| serde_json::json!({"tensor": d.name, "reason": d.reason})).collect::<Vec<_>>(),
+            "fallbacks": self.fallbacks,
+            "source_sha256": self.source_sha256,
+            "bytes_written": self.bytes_written,
+            "dry_run": self.output.is_none(),
+            "refactor": self.truncation.map(|t| serde_json::json!({"max_rank": t.max_rank, "energy": t.energy})),
+            "modules": self.modules.iter().map(|m| serde_json::json!({
+                "tensor": m.tensor,
+                "source_rank": m.source_rank,
+                "rank": m.rank,
+                "truncation_error": m.truncation_error,
+                "written_error": m.written_error,
+            })).collect::<Vec<_>>(),
+        });
+        json.serialize(s)
+    }
+}
+
 /// Convert the PEFT adapter at `adapter_path` for the base model at
 /// `base_path`, writing a GGUF LoRA to `out` (atomically) unless dry-run.
 /// `progress` is called with (done, total) targets.
@@ -144,6 +178,9 @@ pub fn convert(
     let base = BaseModel::open(base_path)?;
     let plan = plan(&adapter, &base, opts.drop_unsupported)?;
     let outtype = opts.outtype.resolve(&adapter.dtypes());
+    // `auto` promises F32 where values do not fit F16 (checked before the
+    // header is written; re-factored values are checked as they are made).
+    let auto_f32 = opts.outtype == OutType::Auto && opts.truncation.is_none();
     let mut transforms = transforms(&plan);
     if opts.truncation.is_some() {
         transforms.push("balanced_svd_refactor".to_string());
@@ -202,7 +239,8 @@ pub fn convert(
             .collect()
     };
     let Some(out) = out else {
-        report.fallbacks = write::planned_fallbacks(&plan, &ranks, outtype);
+        report.fallbacks =
+            write::planned_fallbacks(&plan, &ranks, outtype, auto_f32.then_some(&adapter));
         if truncated.is_some() {
             report.modules = stats(vec![None; plan.targets.len()]);
         }
@@ -244,6 +282,7 @@ pub fn convert(
         out,
         progress,
         &mut report,
+        auto_f32,
     )?;
     if truncated.is_some() || opts.measure_error {
         let written = written

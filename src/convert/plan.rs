@@ -170,11 +170,26 @@ pub fn plan(adapter: &PeftAdapter, base: &BaseModel, drop_unsupported: bool) -> 
         }
         let permute_heads = match (res.permute, res.layer) {
             (Some(p), Some(layer)) => {
+                // The layer is checked before any per-layer table is read: a
+                // base may claim fewer layers than its tensors have.
                 let heads = match p {
-                    Permute::LlamaQ => base.n_head[layer.min(base.n_layer.saturating_sub(1))],
-                    Permute::LlamaK => base.n_head_kv[layer.min(base.n_layer.saturating_sub(1))],
-                };
-                if heads == 0 || rows % (2 * heads) != 0 || layer >= base.n_layer {
+                    Permute::LlamaQ => base.n_head.get(layer),
+                    Permute::LlamaK => base.n_head_kv.get(layer),
+                }
+                .copied()
+                .filter(|_| layer < base.n_layer)
+                .unwrap_or(0);
+                if layer >= base.n_layer {
+                    problems.add(
+                        format!(
+                            "are in layer {layer}, and the base has {} layers",
+                            base.n_layer
+                        ),
+                        &res.tensor,
+                    );
+                    continue;
+                }
+                if heads == 0 || rows % (2 * heads) != 0 {
                     problems.add(
                         format!("have {rows} rows, not divisible into {heads} rotary heads"),
                         &res.tensor,
@@ -294,7 +309,7 @@ fn tensor_order(name: &str) -> (usize, String) {
     (layer, name.to_string())
 }
 
-fn unsupported_error(adapter: &PeftAdapter, tensors: &[UnsupportedTensor]) -> Error {
+pub(crate) fn unsupported_error(adapter: &PeftAdapter, tensors: &[UnsupportedTensor]) -> Error {
     let list = tensors
         .iter()
         .take(6)

@@ -32,14 +32,23 @@ fn descriptors(
     plan: &Plan,
     ranks: &[usize],
     outtype: GgmlType,
+    f32_beyond_f16: Option<&PeftAdapter>,
 ) -> (Vec<TensorDesc>, Vec<Fallback>) {
     let mut descs = Vec::with_capacity(plan.targets.len() * 2);
     let mut fallbacks = Vec::new();
     for (t, rank) in plan.targets.iter().zip(ranks) {
         let (ne_a, ne_b) = shapes(t, *rank);
-        for (suffix, ne) in [("lora_a", ne_a), ("lora_b", ne_b)] {
+        let over = match f32_beyond_f16 {
+            Some(a) if outtype == GgmlType::F16 => super::encode::beyond_f16(a, t),
+            _ => (false, false),
+        };
+        for (suffix, ne, over) in [("lora_a", ne_a, over.0), ("lora_b", ne_b, over.1)] {
             let name = format!("{}.{suffix}", t.tensor);
-            let (ty, why) = crate::quant::writable_type(outtype, ne[0]);
+            let (mut ty, mut why) = crate::quant::writable_type(outtype, ne[0]);
+            if over && ty == GgmlType::F16 {
+                ty = GgmlType::F32;
+                why = Some("values beyond F16's range (±65504)".into());
+            }
             if let Some(reason) = why {
                 fallbacks.push(Fallback {
                     tensor: name.clone(),
@@ -58,9 +67,16 @@ fn descriptors(
     (descs, fallbacks)
 }
 
-/// The fallbacks a conversion to `outtype` will make (for `--dry-run`).
-pub fn planned_fallbacks(plan: &Plan, ranks: &[usize], outtype: GgmlType) -> Vec<Fallback> {
-    descriptors(plan, ranks, outtype).1
+/// The fallbacks a conversion to `outtype` will make (for `--dry-run`);
+/// with `f32_beyond_f16` (`--outtype auto`), F16 tensors whose values do
+/// not fit F16 become F32.
+pub fn planned_fallbacks(
+    plan: &Plan,
+    ranks: &[usize],
+    outtype: GgmlType,
+    f32_beyond_f16: Option<&PeftAdapter>,
+) -> Vec<Fallback> {
+    descriptors(plan, ranks, outtype, f32_beyond_f16).1
 }
 
 /// Produces target i's encoded pair, given its tensor types and a buffer pool.
@@ -150,8 +166,14 @@ pub fn write_gguf<'a>(
     out: &Path,
     progress: &(dyn Fn(usize, usize) + Sync),
     report: &mut ConvertReport,
+    f32_beyond_f16: bool,
 ) -> Result<()> {
-    let (descs, fallbacks) = descriptors(plan, ranks, report.outtype);
+    let (descs, fallbacks) = descriptors(
+        plan,
+        ranks,
+        report.outtype,
+        f32_beyond_f16.then_some(adapter),
+    );
     let types: Vec<GgmlType> = descs.iter().map(|d| d.ty).collect();
     let meta = metadata(adapter, base, plan, report);
     let io = |e: std::io::Error| Error::io(out, e);

@@ -8,7 +8,10 @@ use std::path::Path;
 use ndarray::Array2;
 use rayon::prelude::*;
 
-use super::{fuse_module, FuseInput, FuseOptions, FuseReport, MergeParams, ModuleFuse, Term};
+use super::{
+    fuse_module, selective_threshold, FuseInput, FuseOptions, FuseReport, MergeParams, ModuleFuse,
+    Term,
+};
 use crate::analyze::source::AdapterSource;
 use crate::atomic::AtomicFile;
 use crate::convert::Fallback;
@@ -123,50 +126,52 @@ pub fn fuse_gguf(
         ));
     }
     let names: Vec<&String> = modules.keys().collect();
+    let load = |m: &str| -> Result<Vec<Term>> {
+        let terms = modules[m]
+            .iter()
+            .map(|&i| {
+                let lr = sources[i].load(m)?;
+                Ok(Term {
+                    b: lr.b,
+                    a: lr.a,
+                    scale: lr.scale,
+                    weight: inputs[i].weights.for_module(m),
+                    input: i,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (d_out, d_in) = (terms[0].b.nrows(), terms[0].a.ncols());
+        if terms
+            .iter()
+            .any(|t| (t.b.nrows(), t.a.ncols()) != (d_out, d_in))
+        {
+            return Err(Error::Usage(format!(
+                "{m}: the inputs disagree on its shape"
+            )));
+        }
+        if opts.method.per_factor() && terms.iter().any(|t| t.a.nrows() != terms[0].a.nrows()) {
+            return Err(Error::Usage(format!(
+                "{} needs equal ranks, and {m} has different ones (use cat or svd)",
+                opts.method.name()
+            )));
+        }
+        Ok(terms)
+    };
+    let params = &MergeParams {
+        threshold: selective_threshold(opts, params.protect, &names, &load)?,
+        ..*params
+    };
     let done = std::sync::atomic::AtomicUsize::new(0);
     let fused: Vec<(Array2<f64>, Array2<f64>, ModuleFuse)> = names
         .par_iter()
         .map(|m| {
-            let terms = modules[*m]
-                .iter()
-                .map(|&i| {
-                    let lr = sources[i].load(m)?;
-                    Ok(Term {
-                        b: lr.b,
-                        a: lr.a,
-                        scale: lr.scale,
-                        weight: inputs[i].weights.for_module(m),
-                        input: i,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let (d_out, d_in) = (terms[0].b.nrows(), terms[0].a.ncols());
-            if terms
-                .iter()
-                .any(|t| (t.b.nrows(), t.a.ncols()) != (d_out, d_in))
-            {
-                return Err(Error::Usage(format!(
-                    "{m}: the inputs disagree on its shape"
-                )));
-            }
-            if opts.method.per_factor() && terms.iter().any(|t| t.a.nrows() != terms[0].a.nrows()) {
-                return Err(Error::Usage(format!(
-                    "{} needs equal ranks, and {m} has different ones (use cat or svd)",
-                    opts.method.name()
-                )));
-            }
+            let terms = load(m)?;
             let f = fuse_module(&terms, opts.method, m, params)?;
             progress(
                 done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
                 names.len(),
             );
-            let stats = ModuleFuse {
-                module: (*m).clone(),
-                sources: terms.len(),
-                rank: f.a.nrows(),
-                exact_norm: f.exact_norm,
-                relative_error: f.relative_error,
-            };
+            let stats = ModuleFuse::new(m, terms.len(), &f);
             Ok((f.b, f.a, stats))
         })
         .collect::<Result<_>>()?;

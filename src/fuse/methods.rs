@@ -9,6 +9,7 @@ use crate::linalg::rsvd::{randomized_svd, RsvdOptions};
 use crate::linalg::subspace::orth;
 use crate::linalg::truncate::{balanced, tail_error};
 use crate::linalg::LowRank;
+use crate::safelora::project::{selected, similarity, Alignment};
 
 /// One input's factors for a module: its update is weight·scale·B·A.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +31,10 @@ pub struct Fused {
     pub exact_norm: f64,
     /// ‖B·A − Σ wᵢ·sᵢ·Bᵢ·Aᵢ‖_F relative to the exact norm.
     pub relative_error: f64,
+    /// selective: the module's [`selective_similarity`], when it has one.
+    pub similarity: Option<f64>,
+    /// selective: whether the protected input was fused in.
+    pub selected: Option<bool>,
 }
 
 /// The exact weighted sum in PEFT's `cat` layout: B′ = [B₁ | B₂ …],
@@ -69,6 +74,10 @@ pub struct MergeParams {
     pub protect: usize,
     /// orthogonal: which of its subspaces the others are projected away from.
     pub side: Side,
+    /// selective: the protected input is fused into the modules whose
+    /// similarity is at most this (rounded to 5 decimals), and left out of
+    /// the others.
+    pub threshold: f64,
 }
 
 /// Which subspace of the protected input `orthogonal` keeps the others out of.
@@ -133,6 +142,50 @@ fn project_away(terms: &[Term], p: &MergeParams) -> Result<Vec<Term>> {
         .collect())
 }
 
+/// `selective`'s criterion (SafeMERGE's, from Safe LoRA): the cosine of
+/// the flattened C·ΔW and ΔW, where ΔW is the sum of the other inputs'
+/// updates and C = V·Vᵀ/‖V‖_F with V the protected input's update, on the
+/// factors. Low: the others' update leaves the protected one's subspace,
+/// and the module gets the protected input. `None` when the module lacks
+/// the protected input, or every other input (nothing to protect there).
+pub fn selective_similarity(terms: &[Term], protect: usize) -> Option<f64> {
+    let prot = terms.iter().find(|t| t.input == protect)?;
+    let others: Vec<Term> = terms
+        .iter()
+        .filter(|t| t.input != protect && t.weight != 0.0)
+        .cloned()
+        .collect();
+    if others.is_empty() {
+        return None;
+    }
+    let v = Alignment::LowRank(LowRank::new(prot.b.clone(), prot.a.clone(), prot.scale));
+    let norm = v.norm();
+    let d = cat(&others);
+    if norm == 0.0 {
+        return Some(0.0);
+    }
+    let pb = v.paper_projection(&d.b, norm);
+    Some(similarity(&pb, &d.b, d.a.view()).0)
+}
+
+/// `selective`: cat of every term where the module is selected (or has no
+/// similarity), of all but the protected term elsewhere.
+fn select(terms: &[Term], p: &MergeParams) -> (Vec<Term>, Option<f64>, Option<bool>) {
+    let sim = selective_similarity(terms, p.protect);
+    let Some(s) = sim else {
+        return (terms.to_vec(), None, None);
+    };
+    if selected(s, p.threshold) {
+        return (terms.to_vec(), sim, Some(true));
+    }
+    let rest = terms
+        .iter()
+        .filter(|t| t.input != p.protect)
+        .cloned()
+        .collect();
+    (rest, sim, Some(false))
+}
+
 /// PEFT's per-factor combination: weights √|wᵢsᵢ| on B, with the sign on A.
 fn per_factor(terms: &[Term], merge: Option<Merge>, module: &str, p: &MergeParams) -> LowRank {
     let roots: Vec<f64> = terms
@@ -170,24 +223,29 @@ pub fn fuse_module(terms: &[Term], method: Method, module: &str, p: &MergeParams
         let d = exact.difference_norm(x)?;
         Ok(if exact_norm > 0.0 { d / exact_norm } else { d })
     };
+    let exact_from = |c: LowRank, relative_error: f64| Fused {
+        b: c.b,
+        a: c.a,
+        exact_norm,
+        relative_error,
+        similarity: None,
+        selected: None,
+    };
     match method {
-        Method::Cat => {
-            let c = cat(&nonzero(terms));
-            Ok(Fused {
-                b: c.b,
-                a: c.a,
-                exact_norm,
-                relative_error: 0.0,
-            })
-        }
+        Method::Cat => Ok(exact_from(cat(&nonzero(terms)), 0.0)),
         Method::Orthogonal => {
             let c = cat(&nonzero(&project_away(terms, p)?));
             let relative_error = rel(&c)?;
+            Ok(exact_from(c, relative_error))
+        }
+        Method::Selective => {
+            let (kept, similarity, selected) = select(terms, p);
+            let c = cat(&nonzero(&kept));
+            let relative_error = rel(&c)?;
             Ok(Fused {
-                b: c.b,
-                a: c.a,
-                exact_norm,
-                relative_error,
+                similarity,
+                selected,
+                ..exact_from(c, relative_error)
             })
         }
         Method::Svd => {
@@ -199,18 +257,15 @@ pub fn fuse_module(terms: &[Term], method: Method, module: &str, p: &MergeParams
                 a,
                 exact_norm,
                 relative_error: tail_error(svd.s.as_slice().expect("contiguous"), k),
+                similarity: None,
+                selected: None,
             })
         }
         m if m.dense() => dense(terms, m.merge(), module, p),
         _ => {
             let fused = per_factor(terms, method.merge(), module, p);
             let relative_error = rel(&fused)?;
-            Ok(Fused {
-                b: fused.b,
-                a: fused.a,
-                exact_norm,
-                relative_error,
-            })
+            Ok(exact_from(fused, relative_error))
         }
     }
 }
@@ -263,6 +318,8 @@ fn dense(terms: &[Term], merge: Option<Merge>, module: &str, p: &MergeParams) ->
         } else {
             diff
         },
+        similarity: None,
+        selected: None,
     })
 }
 
@@ -298,6 +355,7 @@ mod tests {
             seed: 0,
             protect: 1,
             side,
+            threshold: 0.35,
         }
     }
 
@@ -391,6 +449,35 @@ mod tests {
         // A module the protected input lacks is plain cat.
         let f = fuse_module(&ts[..1], Method::Orthogonal, "m", &p(Side::Both)).unwrap();
         assert!(f.relative_error < 1e-12);
+    }
+
+    #[test]
+    fn selective_adds_the_protected_input_only_below_the_threshold() {
+        let ts = terms();
+        let (t0, t1) = (&ts[0], &ts[1]);
+        let d0 = t0.b.dot(&t0.a) * (t0.weight * t0.scale);
+        // Dense: C = V·Vᵀ/‖V‖ with V the protected update; cos(C·ΔW, ΔW).
+        let v = t1.b.dot(&t1.a) * t1.scale;
+        let c = v.dot(&v.t()) / v.mapv(|x| x * x).sum().sqrt();
+        let x = c.dot(&d0);
+        let cos =
+            (&x * &d0).sum() / (x.mapv(|t| t * t).sum().sqrt() * d0.mapv(|t| t * t).sum().sqrt());
+        let sim = selective_similarity(&ts, 1).unwrap();
+        assert!((sim - cos).abs() < 1e-12, "{sim} vs {cos}");
+        let at = |threshold| MergeParams {
+            threshold,
+            ..params(0, Side::Column)
+        };
+        let on = fuse_module(&ts, Method::Selective, "m", &at(sim + 0.01)).unwrap();
+        assert_eq!(on.selected, Some(true));
+        assert!(rel(&on.b.dot(&on.a), &dense_sum(&ts)) < 1e-12);
+        let off = fuse_module(&ts, Method::Selective, "m", &at(sim - 0.01)).unwrap();
+        assert_eq!((off.selected, off.a.nrows()), (Some(false), 4));
+        assert!(rel(&off.b.dot(&off.a), &d0) < 1e-12);
+        // Without the protected input, or without any other: no criterion.
+        let alone = fuse_module(&ts[1..], Method::Selective, "m", &at(1.0)).unwrap();
+        assert_eq!((alone.similarity, alone.selected), (None, None));
+        assert!(selective_similarity(&ts[..1], 1).is_none());
     }
 
     #[test]

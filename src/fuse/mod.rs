@@ -40,7 +40,9 @@ use crate::convert::{convert, ConvertOptions, ConvertReport};
 use crate::error::{Error, Result};
 use crate::peft::write::F32Tensor;
 use crate::peft::{PeftAdapter, CONFIG_NAME, SAFETENSORS_NAME};
-pub use methods::{fuse_module, Fused, MergeParams, Side, Term};
+use crate::safelora::project::selection_threshold;
+pub use crate::safelora::Selection;
+pub use methods::{fuse_module, selective_similarity, Fused, MergeParams, Side, Term};
 pub use prune::Merge;
 pub use weights::Weights;
 
@@ -61,10 +63,13 @@ pub enum Method {
     /// cat, after removing from every other input's update its component in
     /// the protected input's column space, row space or both.
     Orthogonal,
+    /// SafeMERGE's selective fusion: the protected input only in the
+    /// modules where the others' update is least similar to it.
+    Selective,
 }
 
 /// Every method, by its PEFT name.
-pub const METHODS: [Method; 12] = [
+pub const METHODS: [Method; 13] = [
     Method::Cat,
     Method::Linear,
     Method::Svd,
@@ -77,6 +82,7 @@ pub const METHODS: [Method; 12] = [
     Method::DareTiesSvd,
     Method::MagnitudePruneSvd,
     Method::Orthogonal,
+    Method::Selective,
 ];
 
 impl Method {
@@ -98,6 +104,7 @@ impl Method {
             Method::DareTiesSvd => "dare_ties_svd",
             Method::MagnitudePruneSvd => "magnitude_prune_svd",
             Method::Orthogonal => "orthogonal",
+            Method::Selective => "selective",
         }
     }
 
@@ -131,7 +138,9 @@ impl Method {
             Method::DareLinear | Method::DareLinearSvd => Merge::DareLinear,
             Method::DareTies | Method::DareTiesSvd => Merge::DareTies,
             Method::MagnitudePrune | Method::MagnitudePruneSvd => Merge::MagnitudePrune,
-            Method::Cat | Method::Linear | Method::Svd | Method::Orthogonal => return None,
+            Method::Cat | Method::Linear | Method::Svd | Method::Orthogonal | Method::Selective => {
+                return None
+            }
         })
     }
 
@@ -197,6 +206,9 @@ pub struct FuseOptions {
     pub protect: Option<usize>,
     /// orthogonal: which of the protected input's subspaces.
     pub side: Side,
+    /// selective: which modules get the protected input, by
+    /// [`selective_similarity`] (threshold 0.35 is SafeMERGE's default).
+    pub selection: Selection,
     /// For a `.gguf` output: the base model GGUF and the conversion options.
     pub base: Option<PathBuf>,
     pub convert: ConvertOptions,
@@ -214,6 +226,53 @@ pub struct ModuleFuse {
     /// ‖ΔW_fused − Σ wᵢ·ΔWᵢ‖_F / ‖Σ wᵢ·ΔWᵢ‖_F (0 for cat; the truncation for
     /// svd; the cross terms for linear).
     pub relative_error: f64,
+    /// selective: the module's similarity to the protected input.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub similarity: Option<f64>,
+    /// selective: whether the protected input was fused into this module.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selected: Option<bool>,
+}
+
+impl ModuleFuse {
+    fn new(module: &str, sources: usize, f: &Fused) -> ModuleFuse {
+        ModuleFuse {
+            module: module.to_string(),
+            sources,
+            rank: f.a.nrows(),
+            exact_norm: f.exact_norm,
+            relative_error: f.relative_error,
+            similarity: f.similarity,
+            selected: f.selected,
+        }
+    }
+}
+
+/// selective: the similarity threshold of `selection`; for `--top-n`, from
+/// a first pass over every module's factors (`load`).
+pub(crate) fn selective_threshold(
+    opts: &FuseOptions,
+    protect: usize,
+    names: &[&String],
+    load: &(dyn Fn(&str) -> Result<Vec<Term>> + Sync),
+) -> Result<f64> {
+    if opts.method != Method::Selective {
+        return Ok(f64::NEG_INFINITY);
+    }
+    let sims = match opts.selection {
+        Selection::Threshold(t) if !t.is_finite() => {
+            return Err(Error::Usage(format!("--threshold {t}: expected a number")))
+        }
+        Selection::Threshold(_) => Vec::new(),
+        Selection::TopN(_) => names
+            .par_iter()
+            .map(|m| Ok(selective_similarity(&load(m)?, protect)))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect(),
+    };
+    selection_threshold(opts.selection, &sims)
 }
 
 /// What [`fuse`] did.
@@ -340,7 +399,14 @@ pub fn fuse(
         seed: opts.seed,
         protect,
         side: opts.side,
+        threshold: f64::NEG_INFINITY,
     };
+    if opts.method == Method::Selective && inputs.len() != 2 {
+        return Err(Error::Usage(format!(
+            "selective fuses two adapters (a task and the --protect safety adapter), not {}",
+            inputs.len()
+        )));
+    }
     if inputs
         .iter()
         .any(|i| !crate::peft::looks_like_peft(&i.path))
@@ -421,6 +487,25 @@ pub fn fuse(
         }
     }
     let names: Vec<&String> = modules.keys().collect();
+    let load = |m: &str| -> Result<Vec<Term>> {
+        modules[m]
+            .terms
+            .iter()
+            .map(|(a, p, w, n)| {
+                Ok(Term {
+                    b: a.matrix(&p.b)?.to_f64(),
+                    a: a.matrix(&p.a)?.to_f64(),
+                    scale: p.scale.scale,
+                    weight: *w,
+                    input: *n,
+                })
+            })
+            .collect()
+    };
+    let params = MergeParams {
+        threshold: selective_threshold(opts, protect, &names, &load)?,
+        ..params
+    };
     let done = std::sync::atomic::AtomicUsize::new(0);
     progress(0, names.len());
     // Each module leaves the parallel map as its F32 tensors and figures: the
@@ -428,38 +513,16 @@ pub fn fuse(
     let fused: Vec<(F32Tensor, F32Tensor, ModuleFuse)> = names
         .par_iter()
         .map(|m| {
-            let s = &modules[*m];
-            let terms = s
-                .terms
-                .iter()
-                .map(|(a, p, w, n)| {
-                    Ok(Term {
-                        b: a.matrix(&p.b)?.to_f64(),
-                        a: a.matrix(&p.a)?.to_f64(),
-                        scale: p.scale.scale,
-                        weight: *w,
-                        input: *n,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let terms = load(m)?;
             let f = fuse_module(&terms, opts.method, m, &params)?;
+            let stats = ModuleFuse::new(m, terms.len(), &f);
             drop(terms);
             progress(
                 done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
                 names.len(),
             );
             let to32 = |x: &Array2<f64>| F32Tensor::from_array(&x.mapv(|v| v as f32));
-            Ok((
-                to32(&f.a),
-                to32(&f.b),
-                ModuleFuse {
-                    module: (*m).clone(),
-                    sources: s.terms.len(),
-                    rank: f.a.nrows(),
-                    exact_norm: f.exact_norm,
-                    relative_error: f.relative_error,
-                },
-            ))
+            Ok((to32(&f.a), to32(&f.b), stats))
         })
         .collect::<Result<_>>()?;
 

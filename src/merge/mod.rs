@@ -56,6 +56,34 @@ impl MergeType {
     }
 }
 
+/// Below this fraction of the adapters' update kept by the written types,
+/// `merge` refuses unless told to write anyway ([`MergeOptions::min_kept`]).
+pub const DEFAULT_MIN_KEPT: f64 = 0.5;
+
+/// How [`merge`] writes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MergeOptions {
+    pub ty: MergeType,
+    /// Refuse, writing nothing, when the written types keep less than this
+    /// fraction of the update (a model that behaves like the base, labelled
+    /// patched); `None` writes anyway (`--allow-lossy`).
+    pub min_kept: Option<f64>,
+    /// Leave out PEFT tensors outside LoRA pairs (`modules_to_save`), and
+    /// report them, instead of refusing the adapter.
+    pub drop_unsupported: bool,
+}
+
+impl MergeOptions {
+    /// `ty`, refusing lossy merges and adapters with tensors it cannot bake.
+    pub fn new(ty: MergeType) -> Self {
+        MergeOptions {
+            ty,
+            min_kept: Some(DEFAULT_MIN_KEPT),
+            drop_unsupported: false,
+        }
+    }
+}
+
 /// What happened to one merged tensor.
 #[derive(Debug, Clone, Serialize)]
 pub struct TensorMerge {
@@ -97,6 +125,8 @@ pub struct MergeReport {
     /// relative error of the written change (see [`TensorMerge`]).
     pub update_kept: f64,
     pub update_error: f64,
+    /// PEFT tensors left out (`--drop-unsupported`), by adapter.
+    pub dropped: Vec<String>,
 }
 
 /// The type a merged tensor is written in, and the reason for a fallback
@@ -207,9 +237,10 @@ pub fn merge(
     model: &Path,
     inputs: &[MergeInput],
     out: &Path,
-    requested: MergeType,
+    opts: &MergeOptions,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<MergeReport> {
+    let requested = opts.ty;
     if inputs.is_empty() {
         return Err(Error::Usage("merge needs at least one --lora".into()));
     }
@@ -230,10 +261,13 @@ pub fn merge(
             model.display()
         )));
     }
-    let sources: Vec<AdapterSource> = inputs
-        .iter()
-        .map(|i| AdapterSource::open(&i.path, Some(model)))
-        .collect::<Result<_>>()?;
+    let mut dropped = Vec::new();
+    let mut sources: Vec<AdapterSource> = Vec::new();
+    for i in inputs {
+        let (s, d) = AdapterSource::open_for(&i.path, Some(model), opts.drop_unsupported)?;
+        dropped.extend(d.into_iter().map(|t| format!("{}: {t}", i.path.display())));
+        sources.push(s);
+    }
     let targets = plan(&shards, &base, &sources)?;
     let adapters = inputs
         .iter()
@@ -379,6 +413,16 @@ pub fn merge(
         result?;
         wrote
     })?;
+    if let Some(min) = opts.min_kept {
+        if total.fraction() < min {
+            // `file` is dropped uncommitted: nothing is written.
+            return Err(Error::Lossy {
+                path: out.to_path_buf(),
+                kept: total.fraction(),
+                min,
+            });
+        }
+    }
     file.commit()?;
     Ok(MergeReport {
         model: model.to_path_buf(),
@@ -390,6 +434,7 @@ pub fn merge(
         output_bytes: written,
         update_kept: total.fraction(),
         update_error: total.error(),
+        dropped,
     })
 }
 

@@ -93,6 +93,9 @@ impl GgufLora {
                 }
             };
             let (r, d_in, d_out) = (r as usize, d_in as usize, d_out as usize);
+            if r == 0 {
+                return Err(rank_zero(&self.file.path, base));
+            }
             out.push(Module {
                 name: base.to_string(),
                 kind: if embedding {
@@ -187,5 +190,15 @@ impl Input {
                 Ok((b, a))
             }
         }
+    }
+}
+
+/// A GGUF LoRA pair of rank 0: llama.cpp's scale alpha / rank is undefined.
+pub(crate) fn rank_zero(path: &std::path::Path, module: &str) -> Error {
+    Error::Shape {
+        path: path.to_path_buf(),
+        tensor: module.into(),
+        reason: "has rank 0 (lora_b has no rows): llama.cpp's scale alpha / rank is undefined"
+            .into(),
     }
 }

@@ -33,7 +33,7 @@ use crate::error::{Error, Result};
 use crate::gguf::GgmlType;
 use crate::peft::{PairKind, PeftAdapter};
 use input::{GgufLora, Input, Module};
-use project::{round5, similarity, Alignment};
+use project::{selected, selection_threshold as threshold, similarity, Alignment};
 use weights::{GgufPlace, Op, Scratch, Weights};
 
 /// Which modules are projected.
@@ -349,19 +349,6 @@ fn gguf_input_models(lora: &GgufLora, base: &Weights, aligned: &Weights) -> Resu
     Ok(())
 }
 
-/// The threshold a selection projects at or below.
-fn threshold(selection: Selection, sims: &[f64]) -> Result<f64> {
-    match selection {
-        Selection::Threshold(t) => Ok(t),
-        Selection::TopN(0) => Err(Error::Usage("--top-n must be at least 1".into())),
-        Selection::TopN(n) => {
-            let mut s: Vec<f64> = sims.iter().map(|x| round5(*x)).collect();
-            s.sort_by(f64::total_cmp);
-            Ok(s[n.min(s.len()) - 1])
-        }
-    }
-}
-
 /// Project `adapter` and write the result to `out`. A PEFT adapter becomes
 /// a PEFT directory, or a GGUF LoRA when `out` ends in `.gguf` (through
 /// `convert`, against the GGUF model among base and aligned); a GGUF LoRA
@@ -465,7 +452,7 @@ pub fn safe_lora(
     let tau = threshold(opts.selection, &sims)?;
     let mut replaced = HashMap::new();
     for c in &mut ok {
-        c.result.projected = round5(c.result.similarity) <= tau;
+        c.result.projected = selected(c.result.similarity, tau);
         if c.result.projected {
             replaced.insert(c.b_name.clone(), std::mem::take(&mut c.projected_b));
         } else {

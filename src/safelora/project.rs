@@ -9,7 +9,8 @@
 
 use ndarray::{s, Array2, ArrayView2};
 
-use crate::error::Result;
+use super::Selection;
+use crate::error::{Error, Result};
 use crate::linalg::rsvd::{randomized_svd, RsvdOptions};
 use crate::linalg::LowRank;
 
@@ -113,6 +114,28 @@ pub fn similarity(p: &Array2<f64>, b: &Array2<f64>, a: ArrayView2<'_, f64>) -> (
 /// The reference rounds the similarity to 5 decimals before comparing it.
 pub fn round5(x: f64) -> f64 {
     (x * 1e5).round() / 1e5
+}
+
+/// The threshold a selection takes modules at or below (similarities
+/// rounded by [`round5`]): T itself, or the N-th smallest similarity (ties
+/// at it are taken too). `safe-lora` projects those modules and `fuse
+/// --method selective` fuses the safety adapter into them.
+pub fn selection_threshold(selection: Selection, sims: &[f64]) -> Result<f64> {
+    match selection {
+        Selection::Threshold(t) => Ok(t),
+        Selection::TopN(0) => Err(Error::Usage("--top-n must be at least 1".into())),
+        Selection::TopN(_) if sims.is_empty() => Ok(f64::NEG_INFINITY),
+        Selection::TopN(n) => {
+            let mut s: Vec<f64> = sims.iter().map(|x| round5(*x)).collect();
+            s.sort_by(f64::total_cmp);
+            Ok(s[n.min(s.len()) - 1])
+        }
+    }
+}
+
+/// Whether a module of similarity `sim` is selected at `threshold`.
+pub fn selected(sim: f64, threshold: f64) -> bool {
+    round5(sim) <= threshold
 }
 
 #[cfg(test)]

@@ -288,7 +288,12 @@ impl HfCheckpoint {
                     Some(&[s, e]) if s <= e => (s, e),
                     _ => return Err(bad(format!("tensor {name} has no valid data_offsets"))),
                 };
-                let (start, end) = (8 + n + s, 8 + n + e);
+                // Untrusted offsets: checked, so that a huge one is an error
+                // rather than an overflow.
+                let (Some(start), Some(end)) = ((8 + n).checked_add(s), (8 + n).checked_add(e))
+                else {
+                    return Err(bad(format!("tensor {name}: data_offsets overflow")));
+                };
                 if end > size {
                     return Err(bad(format!(
                         "tensor {name} lies beyond the end of the file"

@@ -20,6 +20,9 @@ pub(super) struct Files {
     pub task_plain: PathBuf,
     pub task_orth: PathBuf,
     pub safety_parts: Vec<PathBuf>,
+    /// The safety adapter per layer group, only in `selective`'s modules
+    /// (`None` for a group with none of them).
+    pub selective_parts: Vec<Option<PathBuf>>,
 }
 
 /// The model and the tokenized calibration prompts.
@@ -129,6 +132,12 @@ impl<'o> Evaluator<'o> {
                 .iter()
                 .map(|p| model.load_adapter(p))
                 .collect::<std::result::Result<Vec<_>, _>>()?,
+            selective: self
+                .files
+                .selective_parts
+                .iter()
+                .map(|p| p.as_ref().map(|p| model.load_adapter(p)).transpose())
+                .collect::<std::result::Result<Vec<_>, _>>()?,
         };
         let n = self.judged.len().max(self.task_prompts.len());
         let parallel = self.opts.parallel.clamp(1, n.min(64) as u32);
@@ -230,6 +239,7 @@ struct Loaded<'m> {
     plain: Adapter<'m>,
     orth: Adapter<'m>,
     parts: Vec<Adapter<'m>>,
+    selective: Vec<Option<Adapter<'m>>>,
 }
 
 impl<'m> Loaded<'m> {
@@ -244,8 +254,13 @@ impl<'m> Loaded<'m> {
         if c.task_weight != 0.0 {
             active.push((task, c.task_weight as f32));
         }
-        for (a, &w) in self.parts.iter().zip(&c.group_weights) {
-            if w != 0.0 {
+        let parts: Vec<Option<&'a Adapter<'m>>> = if c.method == "selective" {
+            self.selective.iter().map(Option::as_ref).collect()
+        } else {
+            self.parts.iter().map(Some).collect()
+        };
+        for (a, &w) in parts.iter().zip(&c.group_weights) {
+            if let (Some(a), true) = (a, w != 0.0) {
                 active.push((a, w as f32));
             }
         }

@@ -6,7 +6,9 @@
 //! scales, without rewriting files: the task adapter is prepared twice (as
 //! it is, and with its component in the safety adapter's column space
 //! removed, `fuse --method orthogonal`), and the safety adapter is split
-//! into one adapter per layer group. A candidate is one scale per file,
+//! into one adapter per layer group, all of it and only in `selective`'s
+//! modules (SafeMERGE: the half of the shared modules where the task's
+//! update is least similar to the safety update). A candidate is one scale per file,
 //! set at once with `llama_set_adapters_lora`. The chosen candidate is then
 //! written as one adapter with its per-layer weights baked into `lora_b`
 //! (`fuse TASK:1 SAFETY:W@A-B,...`), which applies the same ΔW.
@@ -27,7 +29,9 @@ use serde::Serialize;
 
 use crate::convert::{ConvertOptions, OutType};
 use crate::error::{Error, Result};
-use crate::fuse::{fuse, FuseInput, FuseOptions, Method, Side, Weights};
+use crate::fuse::weights::layer_of;
+use crate::fuse::{fuse, FuseInput, FuseOptions, Method, Selection, Side, Weights};
+use crate::safelora::project::{selected, selection_threshold};
 use calibration::Calibration;
 pub use search::{Candidate, Constraints, Metrics, Scored};
 
@@ -118,6 +122,9 @@ pub struct TuneReport {
     /// The `fuse` inputs that reproduce the output.
     pub fuse: Vec<String>,
     pub fuse_method: String,
+    /// The `--top-n` of the `selective` candidates (half of the modules
+    /// both adapters have), and of the output when it is one.
+    pub selective_top_n: usize,
     pub output: String,
     pub loraguard_version: String,
     #[serde(skip)]
@@ -161,6 +168,7 @@ fn fuse_opts(method: Method, base: &Path, outtype: OutType) -> FuseOptions {
         density: None,
         seed: 0,
         protect: Some(1),
+        selection: crate::fuse::Selection::Threshold(0.35),
         side: Side::Column,
         base: Some(base.to_path_buf()),
         convert: ConvertOptions::new(outtype),
@@ -218,7 +226,7 @@ pub fn tune(opts: &TuneOptions, say: &dyn Fn(&str)) -> Result<TuneReport> {
         )?;
         Ok(out)
     };
-    say("preparing: the task adapter, its orthogonal form, the safety adapter per layer group");
+    say("preparing: the task adapter, its orthogonal form, the safety adapter per layer group (all of it, and selective's modules)");
     let task_plain = prep("task.gguf", Method::Cat, one.clone(), zero.clone())?;
     let task_orth = prep(
         "task-orth.gguf",
@@ -239,11 +247,58 @@ pub fn tune(opts: &TuneOptions, say: &dyn Fn(&str)) -> Result<TuneReport> {
         )?);
     }
 
+    // selective: the safety adapter only in the half of the shared modules
+    // where the task's update is least similar to it (and in the modules
+    // only it has), per layer group.
+    let all = fuse(
+        &[
+            input(&opts.task, one.clone()),
+            input(&opts.safety, one.clone()),
+        ],
+        &dir.join("selective-all.gguf"),
+        &FuseOptions {
+            selection: Selection::Threshold(2.0),
+            ..fuse_opts(Method::Selective, &opts.base, OutType::F32)
+        },
+        &|_, _| {},
+    )?;
+    let sims: Vec<f64> = all.modules.iter().filter_map(|m| m.similarity).collect();
+    let top_n = (sims.len() / 2).max(1);
+    let cut = selection_threshold(Selection::TopN(top_n), &sims)?;
+    let safety_modules: Vec<&str> = all
+        .modules
+        .iter()
+        .filter(|m| m.similarity.is_none_or(|s| selected(s, cut)))
+        .map(|m| m.module.as_str())
+        .collect();
+    let mut selective_parts = Vec::new();
+    for (i, (a, b)) in groups.iter().enumerate() {
+        let items: Vec<String> = safety_modules
+            .iter()
+            .filter(|m| layer_of(m).is_some_and(|l| *a <= l && l <= *b))
+            .map(|m| format!("1%{m}"))
+            .collect();
+        if items.is_empty() {
+            selective_parts.push(None);
+            continue;
+        }
+        let w = Weights::parse(&items.join(","))
+            .and_then(|r| r.ok())
+            .ok_or_else(|| Error::Internal("selective part spec".into()))?;
+        selective_parts.push(Some(prep(
+            &format!("safety-selective-{i}.gguf"),
+            Method::Cat,
+            zero.clone(),
+            w,
+        )?));
+    }
+
     let files = eval::Files {
         base_loras: opts.base_loras.clone(),
         task_plain,
         task_orth,
         safety_parts,
+        selective_parts,
     };
     let ev = eval::Evaluator::new(opts, &cal, &files)?;
     let (candidates, baseline) = ev.run(|baseline, eval| {
@@ -292,11 +347,8 @@ pub fn tune(opts: &TuneOptions, say: &dyn Fn(&str)) -> Result<TuneReport> {
         )));
     };
     let spec = weights_spec(&groups, &chosen.candidate.group_weights);
-    let method = if chosen.candidate.method == "orthogonal" {
-        Method::Orthogonal
-    } else {
-        Method::Cat
-    };
+    let method = Method::parse(chosen.candidate.method)
+        .ok_or_else(|| Error::Internal(format!("method {}", chosen.candidate.method)))?;
     let safety_w = Weights::parse(&spec)
         .and_then(|r| r.ok())
         .ok_or_else(|| Error::Internal(format!("weights spec {spec}")))?;
@@ -307,7 +359,10 @@ pub fn tune(opts: &TuneOptions, say: &dyn Fn(&str)) -> Result<TuneReport> {
             input(&opts.safety, safety_w.clone()),
         ],
         &opts.output,
-        &fuse_opts(method, &opts.base, opts.outtype),
+        &FuseOptions {
+            selection: Selection::TopN(top_n),
+            ..fuse_opts(method, &opts.base, opts.outtype)
+        },
         &|_, _| {},
     )?;
     let why = format!(
@@ -350,6 +405,7 @@ pub fn tune(opts: &TuneOptions, say: &dyn Fn(&str)) -> Result<TuneReport> {
             input(&opts.safety, safety_w).spec(),
         ],
         fuse_method: method.name().into(),
+        selective_top_n: top_n,
         output: opts.output.display().to_string(),
         loraguard_version: env!("CARGO_PKG_VERSION").into(),
         seconds: t0.elapsed().as_secs_f64(),

@@ -7,9 +7,9 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 
 /// One fusion configuration: the task adapter at `task_weight`, taken as
-/// it is (`cat`) or with its component in the safety adapter's column space
-/// removed (`orthogonal`), plus the safety adapter at one weight per layer
-/// group.
+/// it is (`cat`, `selective`) or with its component in the safety adapter's
+/// column space removed (`orthogonal`), plus the safety adapter at one
+/// weight per layer group (`selective`: only in its selected modules).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Candidate {
     pub method: &'static str,
@@ -108,13 +108,18 @@ pub fn closest<'s>(
 /// the one tried when nothing at it meets the constraints.
 pub const FIRST_WEIGHTS: [f64; 2] = [1.0, 0.5];
 
+/// The global safety weights `selective` is tried at.
+pub const SELECTIVE_WEIGHTS: [f64; 2] = [1.0, 1.5];
+
 /// Search `groups` layer groups within `budget` evaluations:
 /// 1. for each suffix of groups (the last group, the last two, ... all),
 ///    the orthogonal task plus the safety adapter at weight 1 on the suffix
 ///    (at 0.5 when none of those meets the constraints);
-/// 2. around the best candidate that meets them, its [`neighbours`], again
-///    around each new best, until none is better or the budget is spent;
-/// 3. the chosen configuration with the plain (`cat`) task, for comparison.
+/// 2. `selective` at each of [`SELECTIVE_WEIGHTS`] in every group;
+/// 3. around the best candidate that meets them, its [`neighbours`] (same
+///    method), again around each new best, until none is better or the
+///    budget is spent;
+/// 4. the chosen configuration with the plain (`cat`) task, for comparison.
 ///
 /// Every candidate evaluated is returned, in order.
 pub fn search(
@@ -169,21 +174,23 @@ pub fn search(
             break;
         }
     }
-    // 2. Hill-climb from the best that meets the constraints while it
+    // 2. selective at global weights.
+    for &w in &SELECTIVE_WEIGHTS {
+        run(suffix(0, w, "selective"), &mut all)?;
+    }
+    // 3. Hill-climb from the best that meets the constraints while it
     //    improves and the budget lasts.
-    let mut tried_around: Vec<Vec<f64>> = Vec::new();
+    let mut tried_around: Vec<Candidate> = Vec::new();
     while let Some(best) = choose(&all).cloned() {
-        let gw = best.candidate.group_weights.clone();
-        if tried_around.contains(&gw) {
+        if tried_around.contains(&best.candidate) {
             break;
         }
-        tried_around.push(gw.clone());
+        tried_around.push(best.candidate.clone());
         let mut exhausted = false;
-        for v in neighbours(&gw) {
+        for v in neighbours(&best.candidate.group_weights) {
             let cand = Candidate {
-                method: "orthogonal",
-                task_weight: 1.0,
                 group_weights: v,
+                ..best.candidate.clone()
             };
             if run(cand, &mut all)?.is_none() {
                 exhausted = true;
@@ -194,7 +201,7 @@ pub fn search(
             break;
         }
     }
-    // 3. The chosen one with the plain task adapter.
+    // 4. The chosen one as plain cat of both adapters.
     if let Some(best) = choose(&all).cloned() {
         let cand = Candidate {
             method: "cat",
@@ -262,8 +269,14 @@ mod tests {
             refuse += w * (0.1 + 0.3 * late);
             cost += w * (0.12 - 0.08 * late);
         }
-        if c.method == "cat" {
-            cost *= 2.0;
+        match c.method {
+            "cat" => cost *= 2.0,
+            // Half the safety, in the modules where it costs the task least.
+            "selective" => {
+                refuse *= 0.6;
+                cost *= 0.5;
+            }
+            _ => {}
         }
         Ok(Metrics {
             unsafe_compliance: (1.0 - refuse).clamp(0.0, 1.0),
@@ -301,7 +314,9 @@ mod tests {
             }
         }
         assert_eq!(all, search(6, 30, &C, &BASE, &mut synthetic).unwrap());
-        assert!(all.iter().any(|s| s.candidate.method == "cat"));
+        for m in ["cat", "orthogonal", "selective"] {
+            assert!(all.iter().any(|s| s.candidate.method == m), "{m}");
+        }
     }
 
     #[test]

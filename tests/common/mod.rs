@@ -57,6 +57,11 @@ pub fn convert_to(
     (out, report)
 }
 
+/// The tiny `plain` adapter converted to F32 against the tiny base, in `dir`.
+pub fn tiny_plain_f32(dir: &Path) -> PathBuf {
+    convert_to(&tiny_adapter("plain"), &tiny_base(), dir, OutType::F32).0
+}
+
 /// Read an f32 or i32 tensor from a reference safetensors file.
 pub fn reference(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
     let bytes = std::fs::read(path).unwrap();
