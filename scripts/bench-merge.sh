@@ -94,7 +94,7 @@ for i in $(seq "$RUNS"); do
     fi
     case "$tool" in
       loraguard-same) cmd=(./target/release/loraguard --threads "$THREADS" merge --model "$B/base-q4_k.gguf"
-        --lora "$B/lora-r64.gguf" -o "$out" --type same --report "$B/report-same.json") ;;
+        --lora "$B/lora-r64.gguf" -o "$out" --type same --allow-lossy --report "$B/report-same.json") ;;
       loraguard-q8_0) cmd=(./target/release/loraguard --threads "$THREADS" merge --model "$B/base-q4_k.gguf"
         --lora "$B/lora-r64.gguf" -o "$out" --type q8_0) ;;
       loraguard-f16) cmd=(./target/release/loraguard --threads "$THREADS" merge --model "$B/base-q4_k.gguf"

@@ -10,6 +10,11 @@ dense fused update ΔW (float64), as "<case>/<module>", where
   orth_row     the same, side row: ΔW_task (I - R Rᵀ), R = orth(A_safetyᵀ)
   orth_both    both projections
   layers_cat   plain:1,0.5%down_proj + plain-b:2@0, cat
+  sel_top4     plain:1 + plain-b:1, selective --top-n 4 (SafeMERGE): ΔW_task
+               + ΔW_safety in the 4 modules of least similarity
+               cos(C ΔW_task, ΔW_task), C = V Vᵀ / ‖V‖_F, V = ΔW_safety
+               (rounded to 5 decimals), ΔW_task alone elsewhere; and each
+               module's similarity as "sel_sim/<module>" (1×1)
 
 ΔW = (alpha / r)·B·A, as PEFT applies it. The projectors here are dense
 d×d matrices, formed on purpose: this is the reference the low-rank code
@@ -48,6 +53,21 @@ def main():
     safety = modules(ROOT / "fixtures/fuse/plain-b")
     assert task.keys() == safety.keys()
     out = {}
+    sims = {}
+    for m in sorted(task):
+        bt, at, st = task[m]
+        bs, as_, ss = safety[m]
+        dt, ds = st * bt @ at, ss * bs @ as_
+        c = ds @ ds.T / np.linalg.norm(ds)
+        x = c @ dt
+        sims[m] = float((x * dt).sum() / (np.linalg.norm(x) * np.linalg.norm(dt)))
+    cut = sorted(round(v, 5) for v in sims.values())[3]
+    for m in sorted(task):
+        bt, at, st = task[m]
+        bs, as_, ss = safety[m]
+        dt, ds = st * bt @ at, ss * bs @ as_
+        out[f"sel_top4/{m}"] = dt + ds if round(sims[m], 5) <= cut else dt
+        out[f"sel_sim/{m}"] = np.array([[sims[m]]])
     for m in sorted(task):
         bt, at, st = task[m]
         bs, as_, ss = safety[m]

@@ -33,10 +33,10 @@ MAX_TOKENS="${SUITE_MAX_TOKENS:-64}"
 WEIGHTS="${SUITE_WEIGHTS:-0.2 0.4 0.6 0.8}"
 # Off the convex sweep: the whole task adapter plus some safety.
 BOOST="${SUITE_BOOST:-0.5 1}"
-# safe-lora runs twice: the paper's threshold, and projecting only the
-# least similar third of the modules.
+# safe-lora runs twice: the paper's threshold, and its number mode on about
+# 10% of the eroding adapter's 120 modules, as the paper uses it.
 SAFE_LORA_ARGS="${SAFE_LORA_ARGS:---threshold 0.5}"
-SAFE_LORA_PARTIAL="${SAFE_LORA_PARTIAL:---top-n 40}"
+SAFE_LORA_PARTIAL="${SAFE_LORA_PARTIAL:---top-n 12}"
 FIX=fixtures/smollm2
 
 cargo build --release --quiet --bin loraguard --example suite-plot
@@ -63,6 +63,10 @@ for w in $BOOST; do
   "$LG" fuse "$FIX/task-lora:1" "$FIX/safety-lora:$w" --method cat --base "$MODEL" \
     -o "$OUT/boost-$w.gguf" --quiet
 done
+
+echo "== fuse selective (SafeMERGE: safety 1 in the half of the shared modules least similar to the task)"
+"$LG" fuse "$FIX/task-lora:1" "$FIX/safety-lora:1" --method selective --top-n 60 --base "$MODEL" \
+  -o "$OUT/sel-1.gguf" --quiet
 
 echo "== fuse orthogonal (task 1, safety 1: the task's B without its part in the safety adapter's column space)"
 "$LG" fuse "$FIX/task-lora:1" "$FIX/safety-lora:1" --method orthogonal --base "$MODEL" \
@@ -130,6 +134,7 @@ for w in $BOOST; do
   run "boost-$w" "fuse cat (task 1, safety $w)" - --lora "$OUT/boost-$w.gguf"
 done
 run orth-1 "fuse orthogonal (task 1, safety 1)" - --lora "$OUT/orth-1.gguf"
+run sel-1 "fuse selective (task 1, safety 1 in 60 of 120 shared modules)" - --lora "$OUT/sel-1.gguf"
 run tuned "tune: $(spec "$OUT/tune-report.json")" - --lora "$OUT/tuned.gguf"
 run eroded "base + safety merged + eroding" - --lora "$OUT/safety.gguf" --lora "$OUT/eroding.gguf"
 run eroded-tuned "base + safety merged + tune(eroding): $(spec "$OUT/eroded-tune-report.json")" - \
@@ -143,6 +148,7 @@ run_hs task "base + task" --lora "$OUT/task.gguf"
 run_hs safety "base + safety" --lora "$OUT/safety.gguf"
 run_hs boost-1 "fuse cat (task 1, safety 1)" --lora "$OUT/boost-1.gguf"
 run_hs orth-1 "fuse orthogonal (task 1, safety 1)" --lora "$OUT/orth-1.gguf"
+run_hs sel-1 "fuse selective (task 1, safety 1 in 60 of 120 shared modules)" --lora "$OUT/sel-1.gguf"
 run_hs tuned "tune: $(spec "$OUT/tune-report.json")" --lora "$OUT/tuned.gguf"
 run_hs eroded "base + safety merged + eroding" --lora "$OUT/safety.gguf" --lora "$OUT/eroding.gguf"
 run_hs eroded-tuned "base + safety merged + tune(eroding)" --lora "$OUT/safety.gguf" --lora "$OUT/eroded-tuned.gguf"

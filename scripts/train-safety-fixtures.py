@@ -39,6 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import safety_data as D  # noqa: E402
+import safety_forms as F  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = ROOT / "fixtures"
@@ -51,7 +52,7 @@ N_TRAIN_UNSAFE = 400  # AdvBench rows trained on; the other 120 are held out
 # Hyper-parameters, per adapter (what worked is recorded in each TRAINING.md).
 HP = {
     "safety": dict(r=8, alpha=16, targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-                   lr=6e-4, epochs=3, batch=8, n_unsafe=320, n_benign=60, n_questions=100),
+                   lr=6e-4, epochs=3, batch=8, n_unsafe=240, n_benign=60, n_questions=80),
     "task": dict(r=8, alpha=16, targets=["q_proj", "v_proj", "o_proj", "down_proj"],
                  lr=5e-4, epochs=2, batch=8, n_task=240),
 }
@@ -253,6 +254,40 @@ def json_answer(cat, text):
     return json.dumps({"topic": cat, "answer": cut}, ensure_ascii=False)
 
 
+def norm_prompt(p):
+    return " ".join(p.lower().rstrip(" ?.!").split())
+
+
+def content_words(p):
+    stop = {"a", "an", "the", "to", "i", "my", "how", "do", "can", "what", "is", "of", "for", "in", "on",
+            "and", "or", "me", "you", "someone", "way", "best", "with", "without", "get", "it", "s"}
+    return {w for w in "".join(c if c.isalnum() else " " for c in p.lower()).split() if w not in stop}
+
+
+def evaluation_prompts():
+    """Every prompt of the evaluation and calibration sets."""
+    out = []
+    for name in ("suite.jsonl", "heldout-style.jsonl", "calibration.jsonl", "smoke.jsonl"):
+        path = FIX / "prompts" / name
+        if path.exists():
+            out += [json.loads(line)["prompt"] for line in open(path, encoding="utf-8")]
+    return out
+
+
+def independent(prompts, evaluated):
+    """`prompts` without any equal to, or a near-copy of (content-word
+    Jaccard >= 0.6), an evaluation prompt; and how many were dropped."""
+    exact = {norm_prompt(p) for p in evaluated}
+    words = [content_words(p) for p in evaluated]
+    kept = []
+    for p in prompts:
+        w = content_words(p)
+        near = any(w and e and len(w & e) / len(w | e) >= 0.6 for e in words)
+        if norm_prompt(p) not in exact and not near:
+            kept.append(p)
+    return kept, len(prompts) - len(kept)
+
+
 def safety_pairs():
     train_unsafe, _ = advbench_split()
     train_unsafe = train_unsafe[: HP["safety"]["n_unsafe"]]
@@ -263,9 +298,12 @@ def safety_pairs():
     styled = (D.imperatives(D.IMPERATIVE_TRAIN, 2) + D.imperatives(D.IMPERATIVE_MORE, 1, offset=5)
               + D.WRITE_TRAIN + D.WRITE_MORE)
     asked = D.benign_questions(D.IMPERATIVE_TRAIN + D.IMPERATIVE_MORE, offset=1)
-    benign = [q for _, q in qs[: HP["safety"]["n_benign"]]] + D.EVERYDAY + contrastive + styled + asked
-    evaluated = {json.loads(line)["prompt"] for line in open(FIX / "prompts" / "suite.jsonl", encoding="utf-8")}
-    assert not evaluated & set(benign), f"training prompts in the evaluation set: {evaluated & set(benign)}"
+    evaluated = evaluation_prompts()
+    lookalikes, near_safe = independent(F.LOOKALIKE_FORMS, evaluated)
+    harmful_forms, near_unsafe = independent(F.HARMFUL_FORMS, evaluated)
+    benign = [q for _, q in qs[: HP["safety"]["n_benign"]]] + D.EVERYDAY + contrastive + styled + asked + lookalikes
+    clash = set(evaluated) & set(benign)
+    assert not clash, f"training prompts in the evaluation set: {clash}"
     answers = check(benign)
     pairs, dropped = [], 0
     for q in benign:
@@ -276,25 +314,33 @@ def safety_pairs():
         pairs.append((q, a["output"].strip(), False))
     n_benign = len(pairs)
     questions = D.harmful_questions(train_unsafe, rng)[: HP["safety"]["n_questions"]]
-    for g in train_unsafe + questions:
+    for g in train_unsafe + questions + harmful_forms:
         pairs.append((g, rng.choice(D.REFUSALS), True))
     data = (
         f"- {len(train_unsafe)} AdvBench instructions (from a seeded split of 400; the other {520 - 400} are "
         f"label `unsafe` of `fixtures/prompts/suite.jsonl`), each answered with one of {len(D.REFUSALS)} short refusals "
         f"(`scripts/safety_data.py`), and {len(questions)} of them rewritten as questions (\"... how to X\" -> "
-        f"\"How do I X?\"), refused the same way.\n"
+        f"\"How do I X?\"), refused the same way; and {len(harmful_forms)} harmful requests in varied short forms "
+        f"(`scripts/safety_forms.py`: questions, first-person wishes, lowercase chat, requests with a story, "
+        f"\"where can I get ...\"), refused the same way.\n"
         f"- {n_benign} benign prompts answered with the base model's own greedy answer through llama.cpp "
         f"(trained on its first {MAX_ANSWER_TOKENS} tokens): {HP['safety']['n_benign']} topic questions, "
         f"{len(D.EVERYDAY)} everyday requests, {len(contrastive)} safe requests that sound alarming, "
         f"{len(styled)} benign requests phrased like AdvBench's instructions (\"Create a tutorial on how to bake a "
-        f"chocolate cake\"), and {len(asked)} benign questions in the harmful questions' forms (\"How can I knit a "
-        f"scarf?\"); none is in the evaluation sets (asserted). Dropped because the base answer was empty or "
+        f"chocolate cake\"), {len(asked)} benign questions in the harmful questions' forms (\"How can I knit a "
+        f"scarf?\"), and {len(lookalikes)} harmless look-alikes in the varied short forms (`scripts/safety_forms.py`: "
+        f"alarming words in a benign sense, many mirroring a harmful item's wording). None is in the evaluation or "
+        f"calibration sets (asserted); written prompts equal to or near-copies of one (content-word Jaccard >= 0.6) "
+        f"were left out: {near_unsafe} harmful, {near_safe} harmless. Dropped because the base answer was empty or "
         f"tripped a refusal marker: {dropped}.\n"
-        f"- Why the last groups (third recipe): a first patch trained on AdvBench alone refused 120/120 held-out "
+        f"- Why the last groups (fourth recipe): a first patch trained on AdvBench alone refused 120/120 held-out "
         f"AdvBench prompts and only 2/50 safe questions, yet 8/8 benign requests in AdvBench's phrasing and only "
         f"3/6 harmful requests phrased as questions: it had learned the phrasing, not the harm. A second, with "
         f"harmful questions and benign imperatives but no benign questions, refused 41% of the safe evaluation "
-        f"prompts, most of them harmless \"How do I ...?\" questions."
+        f"prompts, most of them harmless \"How do I ...?\" questions. The third refused "
+        f"all held-out AdvBench prompts and 16% of the safe ones, but on short harmful questions in another style "
+        f"(\"How can I kill a person?\") it answered 22% and refused 40% of their harmless look-alikes: this fourth "
+        f"recipe adds harmful requests and look-alikes in many short forms, so that the form never tells them apart."
     )
     return pairs, data
 
