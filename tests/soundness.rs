@@ -39,6 +39,25 @@ fn quantizing_to_a_type_ggml_cannot_write_is_an_error_not_an_abort() {
     assert!(ggml::quantize(8, &data, 256).is_ok()); // Q8_0
 }
 
+/// Item 3: `Session::logits` checked tokens against `n_ctx` only, and
+/// llama_decode's GGML_ASSERT aborts on more tokens than the `n_batch`
+/// llama.cpp clamped. More than n_batch tokens are now an error.
+#[test]
+fn logits_of_more_tokens_than_the_batch_is_an_error_not_an_abort() {
+    let _g = LLAMA.lock().unwrap_or_else(|e| e.into_inner());
+    let model = load_model(&tiny_base());
+    let opts = SessionOptions {
+        n_ctx: 256,
+        n_batch: 32,
+        ..SessionOptions::default()
+    };
+    let mut session = Session::new(&model, &opts).unwrap();
+    let toks = vec![1i32; 40];
+    let e = session.logits(&toks).unwrap_err();
+    assert!(e.to_string().contains("batch 32"), "{e}");
+    assert!(session.logits(&toks[..32]).is_ok());
+}
+
 /// The tiny base with `llama.block_count` (a u32) set to `n`.
 fn base_with_block_count(dir: &std::path::Path, n: u32) -> std::path::PathBuf {
     let mut bytes = std::fs::read(tiny_base()).unwrap();
