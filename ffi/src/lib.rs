@@ -22,7 +22,6 @@ mod build_info;
 pub mod ggml;
 pub mod gguf_build;
 mod log;
-pub mod mmap;
 mod model;
 pub mod q4_k;
 mod sample;
@@ -87,6 +86,17 @@ impl Error {
                 | Error::Tokenize(_)
                 | Error::Template(_)
         )
+    }
+}
+
+/// Into the workspace's error type, keeping whether the input was at fault.
+impl From<Error> for loraguard_format::Error {
+    fn from(e: Error) -> Self {
+        let bad_input = e.is_bad_input();
+        loraguard_format::Error::Llama {
+            error: Box::new(e),
+            bad_input,
+        }
     }
 }
 

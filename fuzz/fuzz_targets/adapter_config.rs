@@ -9,7 +9,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let path = std::path::Path::new("adapter_config.json");
-    if let Ok(cfg) = loraguard::peft::LoraConfig::from_json(path, text) {
+    if let Ok(cfg) = loraguard_format::peft::LoraConfig::from_json(path, text) {
         for m in [
             "model.layers.0.self_attn.q_proj",
             "model.layers.11.mlp.down_proj",

@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use loraguard::gguf::GgufFile;
+use loraguard_format::gguf::GgufFile;
 
 fn base() -> &'static GgufFile {
     static BASE: OnceLock<GgufFile> = OnceLock::new();
@@ -20,6 +20,6 @@ fuzz_target!(|data: &[u8]| {
     let mut f = tempfile::NamedTempFile::new().expect("temp file");
     std::io::Write::write_all(&mut f, data).expect("write");
     if let Ok(lora) = GgufFile::open(f.path()) {
-        let _ = loraguard::inspect::gguf_fit_to(&lora, base());
+        let _ = loraguard_format::gguf::fit::gguf_fit_to(&lora, base());
     }
 });

@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("adapter_config.json"), CONFIG).expect("write");
     std::fs::write(dir.path().join("adapter_model.safetensors"), data).expect("write");
-    if let Ok(adapter) = loraguard::peft::PeftAdapter::open(dir.path()) {
+    if let Ok(adapter) = loraguard_format::peft::PeftAdapter::open(dir.path()) {
         let _ = adapter.check_finite();
         for pair in &adapter.pairs {
             let _ = (pair.rank(), pair.d_in(), pair.d_out());

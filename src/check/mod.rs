@@ -213,11 +213,17 @@ pub fn check(
     };
     let mut tokens = Vec::with_capacity(prompts.len());
     for p in prompts {
-        let text = render(&template, opts.system.as_deref(), &p.prompt).map_err(|e| match e {
-            Error::Llama(loraguard_llama::Error::Template(why)) => Error::Usage(format!(
+        let text = render(&template, opts.system.as_deref(), &p.prompt).map_err(|e| {
+            let why = match &e {
+                Error::Llama { error, .. } => match error.downcast_ref() {
+                    Some(loraguard_llama::Error::Template(why)) => why.clone(),
+                    _ => return e,
+                },
+                _ => return e,
+            };
+            Error::Usage(format!(
                 "chat template {template_name:?}: {why}; name a built-in one with --chat-template or pass --raw"
-            )),
-            e => e,
+            ))
         })?;
         // The template already holds any special tokens, so parse them; add
         // BOS only as the model's metadata asks.

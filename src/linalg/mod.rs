@@ -16,12 +16,7 @@ pub mod truncate;
 
 pub use lowrank::{LowRank, Svd};
 
-/// A row-major f32 buffer as an f64 matrix; panics unless
-/// `data.len() == rows·cols` (callers have checked the shape on input).
-pub fn f64_matrix(rows: usize, cols: usize, data: &[f32]) -> ndarray::Array2<f64> {
-    ndarray::Array2::from_shape_vec((rows, cols), data.iter().map(|x| f64::from(*x)).collect())
-        .expect("rows × cols elements")
-}
+pub use crate::matrix::f64_matrix;
 
 /// Call before parallel linear algebra: BLAS runs single-threaded inside
 /// loraguard's own (rayon) workers.

@@ -9,6 +9,7 @@
 //! every offset up front and writes each tensor once, in order; every file it
 //! writes is read back by ggml's own loader in the tests.
 
+pub mod fit;
 mod reader;
 pub mod scan;
 mod types;

@@ -101,9 +101,14 @@ pub enum Error {
     )]
     Lossy { path: PathBuf, kept: f64, min: f64 },
 
-    /// A failure inside llama.cpp or ggml.
-    #[error(transparent)]
-    Llama(#[from] loraguard_llama::Error),
+    /// A failure inside llama.cpp or ggml, from the `loraguard-llama` crate
+    /// (which converts its own error into this one; downcast `error` to it).
+    #[error("{error}")]
+    Llama {
+        error: Box<dyn std::error::Error + Send + Sync>,
+        /// The input is at fault (a file llama.cpp refuses), not the machine.
+        bad_input: bool,
+    },
 
     /// A bug: an invariant that should have held did not.
     #[error("internal error: {0}")]
@@ -143,7 +148,13 @@ impl Error {
     /// internal failures (exit code 1).
     pub fn is_bad_input(&self) -> bool {
         !matches!(self, Error::Internal(_))
-            && !matches!(self, Error::Llama(e) if !e.is_bad_input())
+            && !matches!(
+                self,
+                Error::Llama {
+                    bad_input: false,
+                    ..
+                }
+            )
             && !matches!(self, Error::Io { source, .. } if source.kind() != std::io::ErrorKind::NotFound
                 && source.kind() != std::io::ErrorKind::InvalidData
                 && source.kind() != std::io::ErrorKind::UnexpectedEof

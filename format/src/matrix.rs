@@ -56,9 +56,9 @@ impl Matrix {
         Matrix { rows, cols, data }
     }
 
-    /// The same matrix in f64, for the linear algebra in [`crate::linalg`].
+    /// The same matrix in f64, for loraguard's linear algebra.
     pub fn to_f64(&self) -> ndarray::Array2<f64> {
-        crate::linalg::f64_matrix(self.rows, self.cols, &self.data)
+        f64_matrix(self.rows, self.cols, &self.data)
     }
 
     /// Row `i`.
@@ -129,6 +129,13 @@ pub fn count_non_finite(dtype: SourceDtype, bytes: &[u8]) -> usize {
             .filter(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7f80 == 0x7f80)
             .count(),
     }
+}
+
+/// A row-major f32 buffer as an f64 matrix; panics unless
+/// `data.len() == rows·cols` (callers have checked the shape on input).
+pub fn f64_matrix(rows: usize, cols: usize, data: &[f32]) -> ndarray::Array2<f64> {
+    ndarray::Array2::from_shape_vec((rows, cols), data.iter().map(|x| f64::from(*x)).collect())
+        .expect("rows × cols elements")
 }
 
 #[cfg(test)]
