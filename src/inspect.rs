@@ -78,6 +78,9 @@ fn inspect_peft(path: &Path, base: Option<&Path>) -> Result<Inspection> {
     if let Some(b) = &c.base_model_name_or_path {
         settings.insert("base_model_name_or_path".into(), b.clone().into());
     }
+    if let Some(t) = &c.alora_invocation_tokens {
+        settings.insert("alora_invocation_tokens".into(), t.clone().into());
+    }
     let modules: Vec<ModuleInfo> = adapter
         .pairs
         .iter()

@@ -270,6 +270,25 @@ impl Adapter<'_> {
     pub fn belongs_to(&self, model: &Model) -> bool {
         self.model == model.ptr
     }
+
+    /// The aLoRA invocation tokens llama.cpp read from the file
+    /// (`adapter.alora.invocation_tokens`); empty for a plain LoRA.
+    pub fn alora_invocation_tokens(&self) -> Vec<i32> {
+        // SAFETY: the adapter is alive for &self; llama.cpp returns the length
+        // of a vector the adapter owns.
+        let n = unsafe { sys::llama_adapter_get_alora_n_invocation_tokens(self.raw()) } as usize;
+        if n == 0 {
+            return Vec::new();
+        }
+        // SAFETY: the pointer is the data of that same vector of n tokens,
+        // valid while the adapter lives; it is copied out at once.
+        let p = unsafe { sys::llama_adapter_get_alora_invocation_tokens(self.raw()) };
+        if p.is_null() {
+            return Vec::new();
+        }
+        // SAFETY: p points at n initialised llama_tokens (checked non-null).
+        unsafe { std::slice::from_raw_parts(p, n) }.to_vec()
+    }
 }
 
 impl Drop for Adapter<'_> {

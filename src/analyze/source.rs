@@ -46,7 +46,37 @@ pub fn gguf_tensor_f32(path: &Path, map: &[u8], t: &GgufTensor) -> Result<Vec<f3
     )?)
 }
 
+/// Refuse an aLoRA input of `command` (fuse, merge), which would bake or mix
+/// its update into every token.
+pub fn refuse_alora(alora: bool, path: &Path, command: &str) -> Result<()> {
+    if !alora {
+        return Ok(());
+    }
+    Err(Error::Unsupported {
+        path: path.to_path_buf(),
+        feature: format!(
+            "an aLoRA (alora_invocation_tokens) applies only from its invocation tokens on; \
+             {command} would apply it to every token"
+        ),
+        hint: Some(
+            "convert it on its own (`loraguard convert`) and load it with llama.cpp's --lora"
+                .into(),
+        ),
+    })
+}
+
 impl AdapterSource {
+    /// Whether this is an aLoRA (activated LoRA: applied only from its
+    /// invocation tokens on, `adapter.alora.invocation_tokens`).
+    pub fn is_alora(&self) -> bool {
+        match self {
+            AdapterSource::Peft(a) => a.config.alora_invocation_tokens.is_some(),
+            AdapterSource::Gguf { file, .. } => file
+                .metadata
+                .contains_key("adapter.alora.invocation_tokens"),
+        }
+    }
+
     /// Open a PEFT directory or GGUF LoRA. With `convert_with`, a PEFT
     /// adapter is first converted (exactly, in F32) for that base GGUF, so that
     /// its modules carry GGUF names and layout.

@@ -12,7 +12,7 @@ use super::{
     fuse_module, selective_threshold, FuseInput, FuseOptions, FuseReport, MergeParams, ModuleFuse,
     Term,
 };
-use crate::analyze::source::AdapterSource;
+use crate::analyze::source::{refuse_alora, AdapterSource};
 use crate::atomic::AtomicFile;
 use crate::convert::Fallback;
 use crate::error::{Error, Result};
@@ -78,7 +78,8 @@ pub fn fuse_gguf(
         .iter()
         .map(|i| AdapterSource::open(&i.path, Some(base)))
         .collect::<Result<_>>()?;
-    for s in &sources {
+    for (s, i) in sources.iter().zip(inputs) {
+        refuse_alora(s.is_alora(), &i.path, "fuse")?;
         if let AdapterSource::Gguf { file, .. } = s {
             if file.architecture() != Some(arch.as_str()) {
                 return Err(Error::Usage(format!(

@@ -36,6 +36,7 @@ use ndarray::Array2;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::analyze::source::refuse_alora;
 use crate::convert::{convert, ConvertOptions, ConvertReport};
 use crate::error::{Error, Result};
 use crate::peft::write::F32Tensor;
@@ -418,6 +419,7 @@ pub fn fuse(
         .map(|i| {
             let a = PeftAdapter::open(&i.path)?;
             a.check_finite()?;
+            refuse_alora(a.config.alora_invocation_tokens.is_some(), &i.path, "fuse")?;
             if !a.unsupported.is_empty() {
                 return Err(Error::Unsupported {
                     path: a.dir.clone(),

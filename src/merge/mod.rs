@@ -265,6 +265,7 @@ pub fn merge(
     let mut sources: Vec<AdapterSource> = Vec::new();
     for i in inputs {
         let (s, d) = AdapterSource::open_for(&i.path, Some(model), opts.drop_unsupported)?;
+        crate::analyze::source::refuse_alora(s.is_alora(), &i.path, "merge")?;
         dropped.extend(d.into_iter().map(|t| format!("{}: {t}", i.path.display())));
         sources.push(s);
     }
