@@ -43,6 +43,9 @@ pub struct Inspection {
     pub total_bytes: u64,
     pub notes: Vec<String>,
     pub fit: Option<Fit>,
+    /// `inspect --apply-check`: whether llama.cpp's logits moved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apply_check: Option<crate::check::applied::Applied>,
 }
 
 /// Inspect a PEFT directory or any GGUF file; with `base`, check the fit.
@@ -148,6 +151,7 @@ fn inspect_peft(path: &Path, base: Option<&Path>) -> Result<Inspection> {
         tensor_types: BTreeMap::new(),
         notes,
         fit: fit.transpose()?,
+        apply_check: None,
     })
 }
 
@@ -194,6 +198,7 @@ fn inspect_gguf(path: &Path, base: Option<&Path>) -> Result<Inspection> {
             total_bytes,
             notes: vec![format!("{} tensors", g.tensors.len())],
             fit: None,
+            apply_check: None,
         });
     }
     let alpha = g.get_f64("adapter.lora.alpha");
@@ -246,6 +251,7 @@ fn inspect_gguf(path: &Path, base: Option<&Path>) -> Result<Inspection> {
         total_bytes,
         notes,
         fit,
+        apply_check: None,
     })
 }
 
@@ -308,6 +314,10 @@ impl std::fmt::Display for Inspection {
                     writeln!(f, "    - {p}")?;
                 }
             }
+        }
+        if let Some(a) = &self.apply_check {
+            write!(f, "  {}", a.to_string().replace('\n', "\n  ").trim_end())?;
+            writeln!(f)?;
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 
 mod alora;
 mod analyze;
+mod applied;
 mod architectures;
 mod check;
 mod cli;

@@ -7,6 +7,7 @@
 //! - [`gates`]: CI gates on refusal and compliance rates;
 //! - [`diff`]: comparing two reports.
 
+pub mod applied;
 pub mod diff;
 pub mod gates;
 pub mod junit;
