@@ -437,3 +437,85 @@ fn a_split_base_merges_like_the_single_file() {
     assert!(e.is_bad_input() && e.to_string().contains("split"), "{e}");
     assert!(!dir.path().join("x.gguf").exists());
 }
+
+/// `merge --measure` (issue 21): the merged model against the runtime
+/// adapters. An F32 merge computes nearly what the runtime computes; a
+/// 4-bit re-quantization costs measurably more, in KL and in agreement.
+#[test]
+fn merge_measure_reports_kl_agreement_and_perplexity_against_the_runtime() {
+    let _g = LLAMA.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let (lora, _) = convert_to(
+        &root().join("fixtures/smollm2/task-lora"),
+        &smollm2_model(),
+        dir.path(),
+        OutType::F32,
+    );
+    let text = root().join("fixtures/text/merge-sample.txt");
+    let run = |ty: &str| -> serde_json::Value {
+        let out = dir.path().join(format!("m-{ty}.gguf"));
+        let json = dir.path().join(format!("m-{ty}.json"));
+        let o = Command::new(env!("CARGO_BIN_EXE_loraguard"))
+            .args(["merge", "--base"])
+            .arg(smollm2_model())
+            .arg("--lora")
+            .arg(&lora)
+            .args(["--type", ty, "--allow-lossy", "--measure"])
+            .arg(&text)
+            .arg("-o")
+            .arg(&out)
+            .arg("--json")
+            .arg(&json)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "{err}");
+        assert!(err.contains("merge cost on"), "{err}");
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        r["measure"].clone()
+    };
+    let f32 = run("f32");
+    let q4 = run("q4_0");
+    let num = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k}: {v}"));
+    assert!(num(&f32, "positions") > 400.0, "{f32}");
+    assert!(num(&f32, "kl_mean") < 0.05, "{f32}");
+    assert!(num(&f32, "top1_agreement") > 0.9, "{f32}");
+    assert!(
+        num(&q4, "kl_mean") > 2.0 * num(&f32, "kl_mean"),
+        "{f32} {q4}"
+    );
+    assert!(
+        num(&q4, "top1_agreement") < num(&f32, "top1_agreement"),
+        "{f32} {q4}"
+    );
+    for v in [&f32, &q4] {
+        assert!(num(v, "kl_p99") >= num(v, "kl_mean"), "{v}");
+        for k in ["ppl_reference", "ppl_merged", "ppl_base"] {
+            assert!(num(v, k) > 1.0 && num(v, k).is_finite(), "{k}: {v}");
+        }
+        // The reference is the same in both runs.
+        assert!((num(v, "ppl_reference") - num(&f32, "ppl_reference")).abs() < 1e-9);
+    }
+}
+
+#[test]
+fn merge_measure_refuses_peft_inputs_before_merging() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.gguf");
+    let o = Command::new(env!("CARGO_BIN_EXE_loraguard"))
+        .args(["merge", "--base"])
+        .arg(tiny_base())
+        .arg("--lora")
+        .arg(tiny_adapter("plain"))
+        .arg("--measure")
+        .arg(root().join("fixtures/text/merge-sample.txt"))
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("hint: convert it first"), "{err}");
+    assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
+}

@@ -34,6 +34,15 @@ pub struct MergeArgs {
     #[arg(long)]
     pub drop_unsupported: bool,
     /// Write the per-tensor report as JSON here (`-` for stdout).
+    /// After writing, measure the merge's cost on this text: the merged model
+    /// against the base with the same (GGUF) adapters at run time, through
+    /// llama.cpp: KL divergence of next-token distributions (mean, p99),
+    /// top-1 agreement, and perplexity of each.
+    #[arg(long, value_name = "TEXT_FILE")]
+    pub measure: Option<PathBuf>,
+    /// --measure: at most this many tokens of the text, in chunks of 512.
+    #[arg(long, value_name = "N", default_value_t = 4096, requires = "measure")]
+    pub measure_tokens: usize,
     #[arg(long = "json", visible_alias = "report", value_name = "PATH")]
     pub report: Option<PathBuf>,
 }
@@ -64,9 +73,21 @@ pub fn run(args: MergeArgs, ui: &Ui) -> anyhow::Result<i32> {
         drop_unsupported: args.drop_unsupported,
         ..MergeOptions::new(args.ty)
     };
+    if args.measure.is_some() {
+        loraguard::merge::measure::check_inputs(&inputs)?;
+    }
     let report = merge(&args.model, &inputs, &args.output, &opts, &progress);
     bar.finish_and_clear();
-    let report = report?;
+    let mut report = report?;
+    if let Some(text) = &args.measure {
+        let mopts = loraguard::merge::measure::MeasureOptions {
+            max_tokens: args.measure_tokens,
+            ..Default::default()
+        };
+        let cost =
+            loraguard::merge::measure::measure(&args.model, &inputs, &report.output, text, &mopts)?;
+        report.measure = Some(cost);
+    }
     if let Some(p) = &args.report {
         write_json(p, &report)?;
     }
@@ -97,6 +118,9 @@ pub fn run(args: MergeArgs, ui: &Ui) -> anyhow::Result<i32> {
              like the base. Use --type q8_0 or f16.",
             100.0 * report.update_kept
         ));
+    }
+    if let Some(cost) = &report.measure {
+        ui.say(&cost.to_string());
     }
     Ok(EXIT_OK)
 }

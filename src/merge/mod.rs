@@ -10,6 +10,7 @@
 //! (`gguf-split` shards) is read whole and written as one file. The output
 //! is streamed tensor by tensor and written atomically.
 
+pub mod measure;
 mod pipeline;
 mod shards;
 mod tensor;
@@ -127,6 +128,9 @@ pub struct MergeReport {
     pub update_error: f64,
     /// PEFT tensors left out (`--drop-unsupported`), by adapter.
     pub dropped: Vec<String>,
+    /// `merge --measure`: the merged model against the runtime adapters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub measure: Option<measure::MergeCost>,
 }
 
 /// The type a merged tensor is written in, and the reason for a fallback
@@ -436,6 +440,7 @@ pub fn merge(
         update_kept: total.fraction(),
         update_error: total.error(),
         dropped,
+        measure: None,
     })
 }
 
