@@ -16,10 +16,12 @@
 //! - [`linalg`]: SVD and subspace measures on low-rank factors;
 //! - [`merge`]: baking adapters into a base GGUF;
 //! - [`check`]: running prompts through llama.cpp and detecting refusals;
+//! - [`card`]: Hugging Face model cards for published files;
 //! - [`atomic`]: atomic output files.
 
 pub mod analyze;
 pub mod atomic;
+pub mod card;
 pub mod check;
 pub mod convert;
 pub mod fuse;

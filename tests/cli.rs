@@ -297,6 +297,7 @@ fn help_of_every_command_matches_its_snapshot() {
         "",
         "convert",
         "inspect",
+        "card",
         "analyze",
         "safe-lora",
         "fuse",

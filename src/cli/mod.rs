@@ -2,6 +2,7 @@
 //! Each builds a validated library call; all work happens in the library.
 
 mod analyze;
+mod card;
 mod check;
 mod convert;
 mod diff;
@@ -60,6 +61,8 @@ pub enum Command {
     Diff(diff::DiffArgs),
     /// Show what a PEFT adapter or GGUF file holds; with --base, whether an adapter fits.
     Inspect(inspect::InspectArgs),
+    /// Write a Hugging Face model card (README.md) for a converted adapter or a merged GGUF.
+    Card(card::CardArgs),
 }
 
 /// Parse the arguments. `--version` also names the embedded llama.cpp build
@@ -95,6 +98,7 @@ pub fn run() -> i32 {
     let result = match cli.command {
         Command::Convert(args) => convert::run(args, &ui),
         Command::Inspect(args) => inspect::run(args),
+        Command::Card(args) => card::run(args, &ui),
         Command::Analyze(args) => analyze::run(args, &ui),
         Command::SafeLora(args) => safe_lora::run(args, &ui),
         Command::Fuse(args) => fuse::run(args, &ui),
