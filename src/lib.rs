@@ -17,10 +17,12 @@
 //! - [`merge`]: baking adapters into a base GGUF;
 //! - [`check`]: running prompts through llama.cpp and detecting refusals;
 //! - [`card`]: Hugging Face model cards for published files;
+//! - [`batch`]: manifests of commands, idempotent, resumable and sharded;
 //! - [`atomic`]: atomic output files.
 
 pub mod analyze;
 pub mod atomic;
+pub mod batch;
 pub mod card;
 pub mod check;
 pub mod convert;

@@ -298,6 +298,7 @@ fn help_of_every_command_matches_its_snapshot() {
         "convert",
         "inspect",
         "card",
+        "batch",
         "analyze",
         "safe-lora",
         "fuse",

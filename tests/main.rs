@@ -5,6 +5,7 @@ mod alora;
 mod analyze;
 mod applied;
 mod architectures;
+mod batch;
 mod card;
 mod check;
 mod cli;

@@ -2,6 +2,7 @@
 //! Each builds a validated library call; all work happens in the library.
 
 mod analyze;
+mod batch;
 mod card;
 mod check;
 mod convert;
@@ -63,6 +64,8 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Write a Hugging Face model card (README.md) for a converted adapter or a merged GGUF.
     Card(card::CardArgs),
+    /// Run a manifest of commands (JSONL), idempotent and resumable, sharded with --shard I/N.
+    Batch(batch::BatchArgs),
 }
 
 /// Parse the arguments. `--version` also names the embedded llama.cpp build
@@ -99,6 +102,7 @@ pub fn run() -> i32 {
         Command::Convert(args) => convert::run(args, &ui),
         Command::Inspect(args) => inspect::run(args),
         Command::Card(args) => card::run(args, &ui),
+        Command::Batch(args) => batch::run(args, &ui),
         Command::Analyze(args) => analyze::run(args, &ui),
         Command::SafeLora(args) => safe_lora::run(args, &ui),
         Command::Fuse(args) => fuse::run(args, &ui),
