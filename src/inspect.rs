@@ -223,7 +223,7 @@ fn inspect_gguf(path: &Path, base: Option<&Path>) -> Result<Inspection> {
             name: base_name.to_string(),
             rank,
             alpha: a_eff.unwrap_or(0.0),
-            scale: a_eff.map_or(1.0, |x| if rank > 0 { x / rank as f64 } else { f64::NAN }),
+            scale: crate::layout::gguf_scale(alpha, rank as u64).unwrap_or(f64::NAN),
             shape_a: a.ne.clone(),
             shape_b: b.ne.clone(),
             dtype_a: a.ty.name().into(),

@@ -36,7 +36,7 @@ pub mod safelora;
 pub mod spec;
 pub mod tune;
 
-pub use loraguard_format::{arch, base, error, gguf, hash, matrix, peft};
+pub use loraguard_format::{arch, base, error, gguf, hash, layout, matrix, peft};
 use loraguard_format::{capped, mmap};
 
 pub use error::{Error, Result};

@@ -6,6 +6,7 @@
 //! - [`peft`]: PEFT adapters (config semantics, safetensors pairing, writing);
 //! - [`arch`]: the HF-module → GGUF-tensor table and its transforms;
 //! - [`base`]: a base model's architecture and hyperparameters;
+//! - [`layout`]: the GGUF-LoRA orientation and scale rules;
 //! - [`matrix`]: tensor payloads decoded to f32/f64;
 //! - [`error`]: the typed error every loraguard crate returns.
 //!
@@ -17,6 +18,7 @@ pub mod capped;
 pub mod error;
 pub mod gguf;
 pub mod hash;
+pub mod layout;
 pub mod matrix;
 pub mod mmap;
 pub mod peft;

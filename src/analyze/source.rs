@@ -6,6 +6,7 @@ use memmap2::Mmap;
 
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, GgufTensor};
+use crate::layout::{gguf_scale, PairShape};
 use crate::linalg::{f64_matrix, LowRank};
 use crate::peft::{PairKind, PeftAdapter};
 
@@ -179,31 +180,21 @@ impl AdapterSource {
                 // Linear: lora_a ne [in, r], lora_b ne [r, out]. Embedding
                 // (llama.cpp gathers rows of lora_a per token): lora_a ne
                 // [r, vocab], lora_b ne [r, width].
-                let embedding = module.ends_with("token_embd.weight");
-                let pairs = ta.ne.len() == 2
-                    && tb.ne.len() == 2
-                    && if embedding {
-                        ta.ne[0] == tb.ne[0]
-                    } else {
-                        ta.ne[1] == tb.ne[0]
-                    };
-                if !pairs {
-                    return Err(Error::Shape {
+                let shape =
+                    PairShape::read(module, &ta.ne, &tb.ne).ok_or_else(|| Error::Shape {
                         path: file.path.clone(),
                         tensor: module.into(),
                         reason: format!("lora_a {:?} and lora_b {:?} do not pair", ta.ne, tb.ne),
-                    });
-                }
+                    })?;
+                let embedding = shape.embedding;
                 let a = gguf_tensor_f32(&file.path, map, ta)?;
                 let b = gguf_tensor_f32(&file.path, map, tb)?;
                 let r = tb.ne[0] as usize;
                 if r == 0 {
                     return Err(crate::safelora::input::rank_zero(&file.path, module));
                 }
-                let scale = match alpha {
-                    Some(al) if *al != 0.0 => al / r as f64,
-                    _ => 1.0,
-                };
+                let scale = gguf_scale(*alpha, r as u64)
+                    .ok_or_else(|| crate::safelora::input::rank_zero(&file.path, module))?;
                 let b = f64_matrix(tb.ne[1] as usize, r, &b);
                 Ok(if embedding {
                     // a holds Aᵀ (vocab × r): ΔE = Aᵀ·Bᵀ.

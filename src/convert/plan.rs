@@ -113,7 +113,7 @@ pub fn plan(adapter: &PeftAdapter, base: &BaseModel, drop_unsupported: bool) -> 
             continue;
         }
         let (ne0, ne1) = (bt.ne[0] as usize, bt.ne[1] as usize);
-        let is_embd = res.tensor == "token_embd.weight";
+        let is_embd = crate::layout::is_embedding(&res.tensor);
         if (pair.kind == PairKind::Embedding) != is_embd {
             problems.add(
                 "mix an embedding LoRA with a linear layer".into(),

@@ -188,7 +188,7 @@ pub fn fuse_gguf(
         // Linear: lora_a rows are A (k×in), lora_b rows are B (out×k).
         // token_embd: ΔE = (B·A)ᵀ was fused as Aᵀ·Bᵀ: lora_a rows are Aᵀ
         // (vocab×k), lora_b rows are B (width×k).
-        let (la, lb) = if m.ends_with("token_embd.weight") {
+        let (la, lb) = if crate::layout::is_embedding(m) {
             (b, a.reversed_axes().as_standard_layout().to_owned() * fold)
         } else {
             (a, b * fold)

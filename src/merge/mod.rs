@@ -163,14 +163,8 @@ fn update_shape(src: &AdapterSource, module: &str) -> Option<(u64, u64)> {
     };
     let a = file.tensor(&format!("{module}.lora_a"))?;
     let b = file.tensor(&format!("{module}.lora_b"))?;
-    if a.ne.len() != 2 || b.ne.len() != 2 {
-        return None;
-    }
-    Some(if module.ends_with("token_embd.weight") {
-        (a.ne[1], b.ne[1])
-    } else {
-        (b.ne[1], a.ne[0])
-    })
+    let [ne0, ne1] = crate::layout::PairShape::read(module, &a.ne, &b.ne)?.base_ne();
+    Some((ne1, ne0))
 }
 
 /// Check every adapter against the base before anything is written; return

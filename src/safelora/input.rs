@@ -10,6 +10,7 @@ use ndarray::Array2;
 use super::weights::{read_tensor_f32, GgufPlace};
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
+use crate::layout::{gguf_scale, PairShape};
 use crate::linalg::f64_matrix;
 use crate::peft::{PairKind, PeftAdapter};
 
@@ -66,10 +67,7 @@ impl GgufLora {
 
     /// Every lora_a/lora_b pair as a module in GGUF layout.
     fn modules(&self) -> Result<Vec<Module>> {
-        let alpha = self
-            .file
-            .get_f64("adapter.lora.alpha")
-            .filter(|a| *a != 0.0);
+        let alpha = self.file.get_f64("adapter.lora.alpha");
         let mut out = Vec::new();
         for ta in &self.file.tensors {
             let Some(base) = ta.name.strip_suffix(".lora_a") else {
@@ -79,20 +77,17 @@ impl GgufLora {
             let tb = self.file.tensor(&b_name).ok_or_else(|| {
                 Error::malformed(&self.file.path, "GGUF LoRA", format!("{b_name} is missing"))
             })?;
-            let embedding = base == "token_embd.weight";
-            let (r, d_in, d_out) = match (&ta.ne[..], &tb.ne[..]) {
-                // lora_a [in, r], lora_b [r, out]; token_embd's lora_a is [r, vocab].
-                ([a0, a1], [b0, b1]) if !embedding && a1 == b0 => (*b0, *a0, *b1),
-                ([a0, a1], [b0, b1]) if embedding && a0 == b0 => (*b0, *a1, *b1),
-                _ => {
-                    return Err(Error::Shape {
-                        path: self.file.path.clone(),
-                        tensor: base.into(),
-                        reason: format!("lora_a {:?} and lora_b {:?} do not pair", ta.ne, tb.ne),
-                    })
-                }
-            };
-            let (r, d_in, d_out) = (r as usize, d_in as usize, d_out as usize);
+            let shape = PairShape::read(base, &ta.ne, &tb.ne).ok_or_else(|| Error::Shape {
+                path: self.file.path.clone(),
+                tensor: base.into(),
+                reason: format!("lora_a {:?} and lora_b {:?} do not pair", ta.ne, tb.ne),
+            })?;
+            let embedding = shape.embedding;
+            let (r, d_in, d_out) = (
+                shape.rank as usize,
+                shape.d_in as usize,
+                shape.d_out as usize,
+            );
             if r == 0 {
                 return Err(rank_zero(&self.file.path, base));
             }
@@ -105,7 +100,8 @@ impl GgufLora {
                 },
                 d_out,
                 d_in,
-                scale: alpha.map_or(1.0, |a| a / r as f64),
+                scale: gguf_scale(alpha, r as u64)
+                    .ok_or_else(|| rank_zero(&self.file.path, base))?,
                 b_tensor: b_name,
                 place: Some(GgufPlace {
                     tensor: base.to_string(),

@@ -57,13 +57,9 @@ pub fn gguf_fit_to(adapter: &GgufFile, base: &GgufFile) -> Fit {
             problems.push(format!("{stem}: not in the base model"));
             continue;
         };
-        let ok = if stem.ends_with("token_embd.weight") {
-            w.ne.first() == b.ne.get(1) && w.ne.get(1) == a.ne.get(1)
-        } else {
-            w.ne.first() == a.ne.first()
-                && w.ne.get(1) == b.ne.get(1)
-                && a.ne.get(1) == b.ne.first()
-        };
+        let ok = w.ne.len() == 2
+            && crate::layout::PairShape::read(stem, &a.ne, &b.ne)
+                .is_some_and(|p| p.base_ne()[..] == w.ne[..]);
         if !ok {
             problems.push(format!(
                 "{stem}: lora_a {:?} / lora_b {:?} do not fit base {:?}",
