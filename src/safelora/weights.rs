@@ -4,8 +4,9 @@
 //! Hugging Face safetensors checkpoint (one file, or shards listed by
 //! `model.safetensors.index.json`), or a PEFT adapter standing for
 //! "base + this adapter merged" (its ΔW, kept low-rank). Tensor bytes are
-//! read with positioned reads into buffers, not mapped: resident memory stays
-//! at the modules in flight, whatever the model's size.
+//! read with positioned reads into buffers (a safetensors shard is mapped
+//! only for the safetensors crate to validate its header): resident memory
+//! stays at the modules in flight, whatever the model's size.
 //!
 //! Every matrix is returned in the adapter's (Hugging Face) layout and in
 //! B·A orientation, d_out×d_in: GGUF rows permuted by llama.cpp's converter
@@ -17,6 +18,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use ndarray::Array2;
+use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors};
 
 use crate::arch::permuted_source_row;
 use crate::capped::read_text;
@@ -26,8 +28,6 @@ use crate::linalg::LowRank;
 use crate::matrix::{decode_into, SourceDtype};
 use crate::peft::{PairKind, PeftAdapter};
 
-/// Largest safetensors header read (the format's own limit).
-const MAX_HEADER: u64 = 100 << 20;
 /// Largest shard index read.
 const MAX_INDEX: u64 = 64 << 20;
 const INDEX_NAME: &str = "model.safetensors.index.json";
@@ -241,72 +241,37 @@ impl HfCheckpoint {
         let mut tensors = HashMap::new();
         for (i, p) in shard_paths.iter().enumerate() {
             let file = open_file(p)?;
-            let size = file.metadata().map_err(|e| Error::io(p, e))?.len();
             let bad = |r: String| Error::malformed(p, "safetensors", r);
-            let head = read_at(&file, p, 0, 8.min(size))?;
-            if head.len() < 8 {
-                return Err(bad("shorter than its 8-byte header length".into()));
-            }
-            let n = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
-            if n > MAX_HEADER || 8 + n > size {
-                return Err(bad(format!(
-                    "header length {n} does not fit the {size}-byte file"
-                )));
-            }
-            let header = read_at(&file, p, 8, n)?;
-            // The header alone (safetensors' own reader wants the whole file
-            // in memory): {name: {dtype, shape, data_offsets}, __metadata__}.
-            let v: serde_json::Value =
-                serde_json::from_slice(&header).map_err(|e| bad(format!("header: {e}")))?;
-            let obj = v
-                .as_object()
-                .ok_or_else(|| bad("header is not a JSON object".into()))?;
-            for (name, info) in obj {
-                if name == "__metadata__" {
-                    continue;
-                }
-                let dtype = match info.get("dtype").and_then(|d| d.as_str()) {
-                    Some("F32") => SourceDtype::F32,
-                    Some("F16") => SourceDtype::F16,
-                    Some("BF16") => SourceDtype::BF16,
-                    Some(_) => continue, // integer buffers and the like: never a weight we read
-                    None => return Err(bad(format!("tensor {name} has no dtype"))),
+            // The safetensors crate validates the header (its length cap,
+            // dtypes, shapes, contiguous in-bounds offsets) over a map of
+            // the shard; only the header's pages are read. Data is read
+            // later, one tensor at a time, with pread.
+            let map = crate::mmap::map_file(p)?;
+            let (n, meta) = SafeTensors::read_metadata(&map).map_err(|e| {
+                bad(match e {
+                    SafeTensorError::InvalidOffset(t) => {
+                        format!("tensor {t}: data_offsets do not fit the file")
+                    }
+                    e => format!("header: {e:?}"),
+                })
+            })?;
+            let data_start = 8 + n as u64;
+            for (name, info) in meta.tensors() {
+                let dtype = match info.dtype {
+                    Dtype::F32 => SourceDtype::F32,
+                    Dtype::F16 => SourceDtype::F16,
+                    Dtype::BF16 => SourceDtype::BF16,
+                    _ => continue, // integer buffers and the like: never a weight we read
                 };
-                let nums = |key: &str| -> Option<Vec<u64>> {
-                    info.get(key)?
-                        .as_array()?
-                        .iter()
-                        .map(|x| x.as_u64())
-                        .collect()
-                };
-                let shape: Vec<usize> = nums("shape")
-                    .ok_or_else(|| bad(format!("tensor {name} has no valid shape")))?
-                    .into_iter()
-                    .map(|x| x as usize)
-                    .collect();
-                let (s, e) = match nums("data_offsets").as_deref() {
-                    Some(&[s, e]) if s <= e => (s, e),
-                    _ => return Err(bad(format!("tensor {name} has no valid data_offsets"))),
-                };
-                // Untrusted offsets: checked, so that a huge one is an error
-                // rather than an overflow.
-                let (Some(start), Some(end)) = ((8 + n).checked_add(s), (8 + n).checked_add(e))
-                else {
-                    return Err(bad(format!("tensor {name}: data_offsets overflow")));
-                };
-                if end > size {
-                    return Err(bad(format!(
-                        "tensor {name} lies beyond the end of the file"
-                    )));
-                }
+                let (s, e) = info.data_offsets;
                 tensors.insert(
-                    name.clone(),
+                    name,
                     Entry {
                         shard: i,
                         dtype,
-                        shape,
-                        start,
-                        end,
+                        shape: info.shape.clone(),
+                        start: data_start + s as u64,
+                        end: data_start + e as u64,
                     },
                 );
             }
