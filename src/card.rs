@@ -28,6 +28,22 @@ pub struct CardOptions {
     pub reports: Vec<PathBuf>,
 }
 
+/// A written card and what it found (`card --json`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Card {
+    #[serde(skip)]
+    pub text: String,
+    pub file: String,
+    /// `adapter`, `merge` or `quantized`.
+    pub relation: &'static str,
+    /// The Hub id used for `base_model`, if any.
+    pub base_model: Option<String>,
+    pub bytes: u64,
+    pub sha256: String,
+    /// Check reports shown.
+    pub reports: usize,
+}
+
 /// How the file relates to its base (`base_model_relation`).
 fn relation(g: &GgufFile) -> &'static str {
     if g.is_adapter() {
@@ -96,7 +112,7 @@ fn value_text(v: &Value) -> String {
 }
 
 /// Write the card for `file`.
-pub fn card(file: &Path, opts: &CardOptions) -> Result<String> {
+pub fn card(file: &Path, opts: &CardOptions) -> Result<Card> {
     let g = GgufFile::open(file)?;
     let rel = relation(&g);
     if rel == "adapter" && opts.base.is_none() {
@@ -177,6 +193,7 @@ pub fn card(file: &Path, opts: &CardOptions) -> Result<String> {
     s.push_str("\n## Files\n\n| file | size (bytes) | sha256 |\n|---|---:|---|\n");
     let (size, sha) = sha256_of(file)?;
     let _ = writeln!(s, "| `{}` | {size} | `{sha}` |", name_of(file));
+    let (bytes, sha256) = (size, sha);
     if let Some(b) = &opts.base {
         let (size, sha) = sha256_of(b)?;
         let _ = writeln!(
@@ -273,5 +290,13 @@ pub fn card(file: &Path, opts: &CardOptions) -> Result<String> {
             }
         }
     }
-    Ok(s)
+    Ok(Card {
+        text: s,
+        file: file.display().to_string(),
+        relation: rel,
+        base_model: base_id,
+        bytes,
+        sha256,
+        reports: reports.len(),
+    })
 }

@@ -149,6 +149,26 @@ fn card_of_a_merged_model_matches_its_snapshot() {
     assert!(text.contains("pass `--base-model ORG/NAME`"), "{text}");
     assert!(text.contains("`loraguard.merge.method`"), "{text}");
     assert!(text.contains("llama-cli -m merged.gguf"), "{text}");
+    let json = dir.path().join("card.json");
+    card(
+        &merged,
+        &[
+            "--base".as_ref(),
+            base.as_os_str(),
+            "--json".as_ref(),
+            json.as_os_str(),
+        ],
+        &dir.path().join("README3.md"),
+    );
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(j["relation"], "merge");
+    assert_eq!(j["base_model"], serde_json::Value::Null);
+    assert_eq!(
+        j["bytes"].as_u64(),
+        Some(std::fs::metadata(&merged).unwrap().len())
+    );
+    assert!(text.contains(j["sha256"].as_str().unwrap()), "{j}");
     snapshot("merge.md", &text);
 }
 

@@ -6,7 +6,7 @@ use clap::Args;
 use loraguard::atomic::write_atomic;
 use loraguard::card::{card, CardOptions};
 
-use super::output::{print_stdout, Ui, EXIT_OK};
+use super::output::{print_stdout, write_json, Ui, EXIT_OK};
 
 #[derive(Debug, Args)]
 pub struct CardArgs {
@@ -25,6 +25,10 @@ pub struct CardArgs {
     /// Where to write the card (`README.md` for a Hub repo); `-` for stdout.
     #[arg(short, long, value_name = "README.md")]
     pub output: PathBuf,
+    /// Write what the card found (relation, base_model, the file's size and
+    /// sha256) as JSON to PATH (`-` for stdout, when the card goes to a file).
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
 }
 
 pub fn run(args: CardArgs, ui: &Ui) -> anyhow::Result<i32> {
@@ -33,12 +37,21 @@ pub fn run(args: CardArgs, ui: &Ui) -> anyhow::Result<i32> {
         base_model: args.base_model,
         reports: args.reports,
     };
-    let text = card(&args.file, &opts)?;
+    let made = card(&args.file, &opts)?;
     if args.output.as_os_str() == "-" {
-        print_stdout(&text)?;
+        if args.json.as_deref() == Some(std::path::Path::new("-")) {
+            return Err(loraguard::Error::Usage(
+                "the card and --json cannot both go to stdout".into(),
+            )
+            .into());
+        }
+        print_stdout(&made.text)?;
     } else {
-        write_atomic(&args.output, text.as_bytes())?;
+        write_atomic(&args.output, made.text.as_bytes())?;
         ui.say(&format!("wrote {}", args.output.display()));
+    }
+    if let Some(p) = &args.json {
+        write_json(p, &made)?;
     }
     Ok(EXIT_OK)
 }
