@@ -26,228 +26,29 @@
 
 mod gguf;
 mod methods;
+mod options;
 mod prune;
+mod report;
 pub mod weights;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ndarray::Array2;
 use rayon::prelude::*;
-use serde::Serialize;
 
 use crate::analyze::source::refuse_alora;
-use crate::convert::{convert, ConvertOptions, ConvertReport};
+use crate::convert::{convert, ConvertOptions};
 use crate::error::{Error, Result};
 use crate::peft::write::F32Tensor;
 use crate::peft::{PeftAdapter, CONFIG_NAME, SAFETENSORS_NAME};
 use crate::safelora::project::selection_threshold;
 pub use crate::safelora::Selection;
 pub use methods::{fuse_module, selective_similarity, Fused, MergeParams, Side, Term};
+pub use options::{FuseInput, FuseOptions, Method, METHODS};
 pub use prune::Merge;
+pub use report::{FuseReport, ModuleFuse};
 pub use weights::Weights;
-
-/// How adapters are combined.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    Cat,
-    Linear,
-    Svd,
-    Ties,
-    DareLinear,
-    DareTies,
-    MagnitudePrune,
-    TiesSvd,
-    DareLinearSvd,
-    DareTiesSvd,
-    MagnitudePruneSvd,
-    /// cat, after removing from every other input's update its component in
-    /// the protected input's column space, row space or both.
-    Orthogonal,
-    /// SafeMERGE's selective fusion: the protected input only in the
-    /// modules where the others' update is least similar to it.
-    Selective,
-}
-
-/// Every method, by its PEFT name.
-pub const METHODS: [Method; 13] = [
-    Method::Cat,
-    Method::Linear,
-    Method::Svd,
-    Method::Ties,
-    Method::DareLinear,
-    Method::DareTies,
-    Method::MagnitudePrune,
-    Method::TiesSvd,
-    Method::DareLinearSvd,
-    Method::DareTiesSvd,
-    Method::MagnitudePruneSvd,
-    Method::Orthogonal,
-    Method::Selective,
-];
-
-impl Method {
-    pub fn parse(s: &str) -> Option<Self> {
-        METHODS.into_iter().find(|m| m.name() == s)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::Cat => "cat",
-            Method::Linear => "linear",
-            Method::Svd => "svd",
-            Method::Ties => "ties",
-            Method::DareLinear => "dare_linear",
-            Method::DareTies => "dare_ties",
-            Method::MagnitudePrune => "magnitude_prune",
-            Method::TiesSvd => "ties_svd",
-            Method::DareLinearSvd => "dare_linear_svd",
-            Method::DareTiesSvd => "dare_ties_svd",
-            Method::MagnitudePruneSvd => "magnitude_prune_svd",
-            Method::Orthogonal => "orthogonal",
-            Method::Selective => "selective",
-        }
-    }
-
-    /// Methods that combine A and B separately, like PEFT (equal ranks).
-    pub fn per_factor(self) -> bool {
-        matches!(
-            self,
-            Method::Linear
-                | Method::Ties
-                | Method::DareLinear
-                | Method::DareTies
-                | Method::MagnitudePrune
-        )
-    }
-
-    /// The `*_svd` methods: prune each input's dense ΔW, merge, truncate.
-    pub fn dense(self) -> bool {
-        matches!(
-            self,
-            Method::TiesSvd
-                | Method::DareLinearSvd
-                | Method::DareTiesSvd
-                | Method::MagnitudePruneSvd
-        )
-    }
-
-    /// The pruning merge, for the methods that prune.
-    pub fn merge(self) -> Option<Merge> {
-        Some(match self {
-            Method::Ties | Method::TiesSvd => Merge::Ties,
-            Method::DareLinear | Method::DareLinearSvd => Merge::DareLinear,
-            Method::DareTies | Method::DareTiesSvd => Merge::DareTies,
-            Method::MagnitudePrune | Method::MagnitudePruneSvd => Merge::MagnitudePrune,
-            Method::Cat | Method::Linear | Method::Svd | Method::Orthogonal | Method::Selective => {
-                return None
-            }
-        })
-    }
-
-    /// Methods that prune (need a density).
-    pub fn prunes(self) -> bool {
-        self.merge().is_some()
-    }
-}
-
-/// One input adapter and its weights.
-#[derive(Debug, Clone)]
-pub struct FuseInput {
-    pub path: PathBuf,
-    /// Per module: one weight everywhere, or by layer and kind ([`weights`]).
-    pub weights: Weights,
-}
-
-impl FuseInput {
-    /// An input with one weight everywhere.
-    pub fn new(path: impl Into<PathBuf>, weight: f64) -> Self {
-        FuseInput {
-            path: path.into(),
-            weights: Weights::uniform(weight),
-        }
-    }
-
-    /// Parse `PATH[:WEIGHTS]` (weight 1 when absent; see [`weights`] for
-    /// `W@A-B` layer ranges and `W%KIND` module kinds).
-    pub fn parse(spec: &str) -> Result<Self> {
-        if let Some((path, w)) = spec.rsplit_once(':') {
-            match Weights::parse(w) {
-                Some(Ok(weights)) => {
-                    return Ok(FuseInput {
-                        path: path.into(),
-                        weights,
-                    })
-                }
-                Some(Err(why)) => return Err(Error::Usage(format!("{spec}: {why}"))),
-                None => {}
-            }
-        }
-        Ok(FuseInput::new(spec, 1.0))
-    }
-
-    /// `PATH:WEIGHTS`, as reports and provenance record it.
-    pub fn spec(&self) -> String {
-        format!("{}:{}", self.path.display(), self.weights)
-    }
-}
-
-/// Options for [`fuse`].
-#[derive(Debug, Clone)]
-pub struct FuseOptions {
-    pub method: Method,
-    /// `svd` and `*_svd`: the rank kept (default: the largest input rank).
-    pub rank: Option<usize>,
-    /// ties, dare_*, magnitude_prune: the fraction of entries kept.
-    pub density: Option<f64>,
-    /// dare_*: the seed of the random masks.
-    pub seed: u64,
-    /// orthogonal: the input (0-based) whose subspaces the others are
-    /// projected away from; the last input when `None`.
-    pub protect: Option<usize>,
-    /// orthogonal: which of the protected input's subspaces.
-    pub side: Side,
-    /// selective: which modules get the protected input, by
-    /// [`selective_similarity`] (threshold 0.35 is SafeMERGE's default).
-    pub selection: Selection,
-    /// For a `.gguf` output: the base model GGUF and the conversion options.
-    pub base: Option<PathBuf>,
-    pub convert: ConvertOptions,
-}
-
-/// One fused module.
-#[derive(Debug, Clone, Serialize)]
-pub struct ModuleFuse {
-    pub module: String,
-    /// Inputs that have this module.
-    pub sources: usize,
-    pub rank: usize,
-    /// ‖Σ wᵢ·ΔWᵢ‖_F, the exact weighted sum.
-    pub exact_norm: f64,
-    /// ‖ΔW_fused − Σ wᵢ·ΔWᵢ‖_F / ‖Σ wᵢ·ΔWᵢ‖_F (0 for cat; the truncation for
-    /// svd; the cross terms for linear).
-    pub relative_error: f64,
-    /// selective: the module's similarity to the protected input.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub similarity: Option<f64>,
-    /// selective: whether the protected input was fused into this module.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub selected: Option<bool>,
-}
-
-impl ModuleFuse {
-    fn new(module: &str, sources: usize, f: &Fused) -> ModuleFuse {
-        ModuleFuse {
-            module: module.to_string(),
-            sources,
-            rank: f.a.nrows(),
-            exact_norm: f.exact_norm,
-            relative_error: f.relative_error,
-            similarity: f.similarity,
-            selected: f.selected,
-        }
-    }
-}
 
 /// selective: the similarity threshold of `selection`; for `--top-n`, from
 /// a first pass over every module's factors (`load`).
@@ -274,21 +75,6 @@ pub(crate) fn selective_threshold(
             .collect(),
     };
     selection_threshold(opts.selection, &sims)
-}
-
-/// What [`fuse`] did.
-#[derive(Debug, Clone, Serialize)]
-pub struct FuseReport {
-    pub method: String,
-    /// Each input and its weights (`1`, `1.5@22-29`, ...).
-    pub inputs: Vec<(PathBuf, String)>,
-    pub modules: Vec<ModuleFuse>,
-    pub output: PathBuf,
-    /// Tensors of the GGUF output written in another type than
-    /// `--outtype` asked for (rows not whole blocks of it), and why.
-    pub fallbacks: Vec<crate::convert::Fallback>,
-    #[serde(skip)]
-    pub convert: Option<ConvertReport>,
 }
 
 /// A module as the inputs hold it.
