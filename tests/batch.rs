@@ -282,5 +282,9 @@ fn a_malformed_manifest_is_bad_input() {
         let (code, err) = batch(&m, &[]);
         assert_eq!(code, 2, "{text}: {err}");
         assert!(err.contains(why), "{text}: {err}");
+        assert!(
+            !loraguard::batch::state_dir(&m).exists(),
+            "{text}: no row ran"
+        );
     }
 }

@@ -74,20 +74,17 @@ fn card_of_an_adapter_with_refusal_reports_matches_its_snapshot() {
         json
     };
     let (before, after) = (report("base.json", false), report("patched.json", true));
-    let text = card(
-        &lora,
-        &[
-            "--base".as_ref(),
-            base.as_os_str(),
-            "--base-model".as_ref(),
-            "loraguard/tiny-llama".as_ref(),
-            "--report".as_ref(),
-            before.as_os_str(),
-            "--report".as_ref(),
-            after.as_os_str(),
-        ],
-        &dir.path().join("README.md"),
-    );
+    let args: [&std::ffi::OsStr; 8] = [
+        "--base".as_ref(),
+        base.as_os_str(),
+        "--base-model".as_ref(),
+        "loraguard/tiny-llama".as_ref(),
+        "--report".as_ref(),
+        before.as_os_str(),
+        "--report".as_ref(),
+        after.as_os_str(),
+    ];
+    let text = card(&lora, &args, &dir.path().join("README.md"));
     assert!(
         text.starts_with(
             "---\nbase_model: \"loraguard/tiny-llama\"\nbase_model_relation: adapter\n"
@@ -104,20 +101,7 @@ fn card_of_an_adapter_with_refusal_reports_matches_its_snapshot() {
         "{text}"
     );
     // Deterministic: a second run writes the same bytes.
-    let again = card(
-        &lora,
-        &[
-            "--base".as_ref(),
-            base.as_os_str(),
-            "--base-model".as_ref(),
-            "loraguard/tiny-llama".as_ref(),
-            "--report".as_ref(),
-            before.as_os_str(),
-            "--report".as_ref(),
-            after.as_os_str(),
-        ],
-        &dir.path().join("README2.md"),
-    );
+    let again = card(&lora, &args, &dir.path().join("README2.md"));
     assert_eq!(text, again);
     snapshot("adapter.md", &text);
 }
@@ -185,6 +169,7 @@ fn card_of_an_adapter_needs_its_base_and_the_adapter_must_fit_it() {
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--base"));
+    assert!(!out.exists());
     let smol = smollm2_model();
     let o = loraguard(&[
         "card".as_ref(),
@@ -201,4 +186,23 @@ fn card_of_an_adapter_needs_its_base_and_the_adapter_must_fit_it() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(!out.exists());
+    // The card and its JSON cannot share stdout: refused, nothing printed.
+    let base = tiny_base();
+    let o = loraguard(&[
+        "card".as_ref(),
+        lora.as_os_str(),
+        "--base".as_ref(),
+        base.as_os_str(),
+        "-o".as_ref(),
+        "-".as_ref(),
+        "--json".as_ref(),
+        "-".as_ref(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.stdout.is_empty());
 }

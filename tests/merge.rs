@@ -321,6 +321,21 @@ fn merge_refuses_bad_input_and_writes_nothing() {
     }
 }
 
+/// `loraguard merge --model BASE --lora LORA -o OUT EXTRA...`.
+fn merge_cli(base: &Path, lora: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_loraguard"))
+        .arg("merge")
+        .arg("--model")
+        .arg(base)
+        .arg("--lora")
+        .arg(lora)
+        .arg("-o")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 /// Issue 20, item 6: `--type same` on a 4-bit base kept 6% of the update,
 /// exited 0 and printed its warning as `error: warning: ...`. It now exits 2
 /// with the measured share and a hint, writing nothing; `--allow-lossy`
@@ -330,19 +345,7 @@ fn merge_same_type_refuses_an_update_rounding_erased_unless_allowed() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("m.gguf");
     let adapter = root().join("fixtures/smollm2/task-lora");
-    let cmd = |extra: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_loraguard"))
-            .arg("merge")
-            .arg("--model")
-            .arg(smollm2_model())
-            .arg("--lora")
-            .arg(&adapter)
-            .arg("-o")
-            .arg(&out)
-            .args(extra)
-            .output()
-            .unwrap()
-    };
+    let cmd = |extra: &[&str]| merge_cli(&smollm2_model(), &adapter, &out, extra);
     let o = cmd(&[]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
@@ -369,19 +372,8 @@ fn merge_same_type_refuses_an_update_rounding_erased_unless_allowed() {
 fn merge_refuses_peft_tensors_it_cannot_bake_unless_told_to_drop_them() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("m.gguf");
-    let cmd = |extra: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_loraguard"))
-            .arg("merge")
-            .arg("--model")
-            .arg(tiny_base())
-            .arg("--lora")
-            .arg(tiny_adapter("modules-to-save"))
-            .arg("-o")
-            .arg(&out)
-            .args(extra)
-            .output()
-            .unwrap()
-    };
+    let cmd =
+        |extra: &[&str]| merge_cli(&tiny_base(), &tiny_adapter("modules-to-save"), &out, extra);
     let o = cmd(&[]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
@@ -455,19 +447,17 @@ fn merge_measure_reports_kl_agreement_and_perplexity_against_the_runtime() {
     let run = |ty: &str| -> serde_json::Value {
         let out = dir.path().join(format!("m-{ty}.gguf"));
         let json = dir.path().join(format!("m-{ty}.json"));
-        let o = Command::new(env!("CARGO_BIN_EXE_loraguard"))
-            .args(["merge", "--base"])
-            .arg(smollm2_model())
-            .arg("--lora")
-            .arg(&lora)
-            .args(["--type", ty, "--allow-lossy", "--measure"])
-            .arg(&text)
-            .arg("-o")
-            .arg(&out)
-            .arg("--json")
-            .arg(&json)
-            .output()
-            .unwrap();
+        let (text, json_s) = (text.to_str().unwrap(), json.to_str().unwrap());
+        let extra = [
+            "--type",
+            ty,
+            "--allow-lossy",
+            "--measure",
+            text,
+            "--json",
+            json_s,
+        ];
+        let o = merge_cli(&smollm2_model(), &lora, &out, &extra);
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(0), "{err}");
         assert!(err.contains("merge cost on"), "{err}");
@@ -503,17 +493,13 @@ fn merge_measure_reports_kl_agreement_and_perplexity_against_the_runtime() {
 fn merge_measure_refuses_peft_inputs_before_merging() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("m.gguf");
-    let o = Command::new(env!("CARGO_BIN_EXE_loraguard"))
-        .args(["merge", "--base"])
-        .arg(tiny_base())
-        .arg("--lora")
-        .arg(tiny_adapter("plain"))
-        .arg("--measure")
-        .arg(root().join("fixtures/text/merge-sample.txt"))
-        .arg("-o")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let text = root().join("fixtures/text/merge-sample.txt");
+    let o = merge_cli(
+        &tiny_base(),
+        &tiny_adapter("plain"),
+        &out,
+        &["--measure", text.to_str().unwrap()],
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("hint: convert it first"), "{err}");

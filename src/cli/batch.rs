@@ -60,10 +60,11 @@ fn run_row(row: &Row, manifest: &std::path::Path) -> LogLine {
         error,
     };
     let attempt = || -> Result<LogLine, Error> {
-        if is_done(row, manifest)? {
+        // Inputs are hashed once: to compare with the record, and to record.
+        let stamp = Stamp::of(row)?;
+        if is_done(row, manifest, &stamp) {
             return Ok(line("skipped", None, None));
         }
-        let stamp = Stamp::of(row)?;
         let exe = std::env::current_exe().map_err(|e| Error::io("loraguard", e))?;
         let out = std::process::Command::new(&exe)
             .arg("-q")

@@ -37,14 +37,14 @@ pub fn run(args: CardArgs, ui: &Ui) -> anyhow::Result<i32> {
         base_model: args.base_model,
         reports: args.reports,
     };
+    let stdout = args.output.as_os_str() == "-";
+    if stdout && args.json.as_deref() == Some(std::path::Path::new("-")) {
+        return Err(
+            loraguard::Error::Usage("the card and --json cannot both go to stdout".into()).into(),
+        );
+    }
     let made = card(&args.file, &opts)?;
-    if args.output.as_os_str() == "-" {
-        if args.json.as_deref() == Some(std::path::Path::new("-")) {
-            return Err(loraguard::Error::Usage(
-                "the card and --json cannot both go to stdout".into(),
-            )
-            .into());
-        }
+    if stdout {
         print_stdout(&made.text)?;
     } else {
         write_atomic(&args.output, made.text.as_bytes())?;

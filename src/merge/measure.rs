@@ -150,19 +150,9 @@ pub fn measure(
             let (lp, lq, lb) = (at(&r), at(&m), at(&b));
             let kl: f64 = lp.iter().zip(&lq).map(|(p, q)| p.exp() * (p - q)).sum();
             kls.push(kl.max(0.0));
-            let top = |l: &[f64]| {
-                l.iter()
-                    .enumerate()
-                    .fold((0, f64::NEG_INFINITY), |best, (j, v)| {
-                        if *v > best.1 {
-                            (j, *v)
-                        } else {
-                            best
-                        }
-                    })
-                    .0
-            };
-            agree += usize::from(top(&lp) == top(&lq));
+            // The top token of the logits is the top token of the distribution.
+            let top = |x: &[f32]| loraguard_llama::argmax(&x[i * n_vocab..(i + 1) * n_vocab]);
+            agree += usize::from(top(&r) == top(&m));
             let next = chunk[i + 1] as usize;
             nll_ref -= lp[next];
             nll_merged -= lq[next];
@@ -170,14 +160,15 @@ pub fn measure(
         }
     }
     let n = kls.len();
-    let mut sorted = kls.clone();
+    let kl_mean = kls.iter().sum::<f64>() / n as f64;
+    let mut sorted = kls;
     sorted.sort_by(f64::total_cmp);
     let p99 = sorted[((n as f64 * 0.99).ceil() as usize).clamp(1, n) - 1];
     Ok(MergeCost {
         text: text.display().to_string(),
         positions: n,
         chunks,
-        kl_mean: kls.iter().sum::<f64>() / n as f64,
+        kl_mean,
         kl_p99: p99,
         kl_max: *sorted.last().expect("at least one position"),
         top1_agreement: agree as f64 / n as f64,
