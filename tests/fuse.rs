@@ -15,15 +15,10 @@ fn input(name: &str, weight: f64) -> FuseInput {
 
 fn run(inputs: &[FuseInput], out: &Path, method: Method, rank: Option<usize>) -> FuseReport {
     let opts = FuseOptions {
-        method,
         rank,
         density: method.prunes().then_some(0.5),
         seed: 1,
-        protect: None,
-        selection: loraguard::fuse::Selection::Threshold(0.35),
-        side: Default::default(),
-        base: Some(tiny_base()),
-        convert: ConvertOptions::new(OutType::F32),
+        ..FuseOptions::new(method).gguf(tiny_base(), OutType::F32)
     };
     fuse(inputs, out, &opts, &|_, _| {}).unwrap()
 }
@@ -86,15 +81,10 @@ fn fuse_pruned(
     seed: u64,
 ) -> (FuseReport, Vec<(String, Array2<f64>)>) {
     let opts = FuseOptions {
-        method,
         rank,
         density: Some(density),
         seed,
-        protect: None,
-        selection: loraguard::fuse::Selection::Threshold(0.35),
-        side: Default::default(),
-        base: None,
-        convert: ConvertOptions::new(OutType::F32),
+        ..FuseOptions::new(method)
     };
     let report = fuse(inputs, out, &opts, &|_, _| {}).unwrap();
     (report, updates(out))
@@ -176,17 +166,7 @@ fn linear_reports_its_cross_terms_and_needs_equal_ranks() {
         .modules
         .iter()
         .all(|m| (m.relative_error - 1.0).abs() < 1e-6));
-    let opts = FuseOptions {
-        method: Method::Linear,
-        rank: None,
-        density: None,
-        seed: 0,
-        protect: None,
-        selection: loraguard::fuse::Selection::Threshold(0.35),
-        side: Default::default(),
-        base: None,
-        convert: ConvertOptions::new(OutType::F32),
-    };
+    let opts = FuseOptions::new(Method::Linear);
     let e = fuse(
         &[input("plain", 1.0), input("rslora-patterns", 1.0)],
         &dir.path().join("x"),
@@ -490,15 +470,8 @@ fn gguf_and_peft_inputs_fuse_in_gguf_layout() {
             dir.path().join(format!("peft-{}.gguf", method.name())),
         );
         let opts = FuseOptions {
-            method,
             rank: Some(6),
-            density: None,
-            seed: 0,
-            protect: None,
-            selection: loraguard::fuse::Selection::Threshold(0.35),
-            side: Default::default(),
-            base: Some(tiny_base()),
-            convert: ConvertOptions::new(OutType::F32),
+            ..FuseOptions::new(method).gguf(tiny_base(), OutType::F32)
         };
         let r = fuse(&mixed, &x, &opts, &|_, _| {}).unwrap();
         assert!(r.convert.is_none(), "written directly");
@@ -529,17 +502,7 @@ fn gguf_and_peft_inputs_fuse_in_gguf_layout() {
         &edir,
         OutType::F32,
     );
-    let opts = FuseOptions {
-        method: Method::Cat,
-        rank: None,
-        density: None,
-        seed: 0,
-        protect: None,
-        selection: loraguard::fuse::Selection::Threshold(0.35),
-        side: Default::default(),
-        base: Some(tiny_base()),
-        convert: ConvertOptions::new(OutType::F32),
-    };
+    let opts = FuseOptions::new(Method::Cat).gguf(tiny_base(), OutType::F32);
     let (x, y) = (dir.path().join("ex.gguf"), dir.path().join("ey.gguf"));
     let ins = [FuseInput::new(embed_gguf, 0.5), input("embed-head", 0.25)];
     fuse(&ins, &x, &opts, &|_, _| {}).unwrap();
@@ -556,17 +519,7 @@ fn gguf_and_peft_inputs_fuse_in_gguf_layout() {
     let e = norm(&sub(&lx, &ly)) / norm(&sub(&ly, &base));
     assert!(e < 1e-4, "embedding fusion: {e:e}");
     // GGUF inputs need --base and a .gguf output.
-    let opts = FuseOptions {
-        method: Method::Cat,
-        rank: None,
-        density: None,
-        seed: 0,
-        protect: None,
-        selection: loraguard::fuse::Selection::Threshold(0.35),
-        side: Default::default(),
-        base: None,
-        convert: ConvertOptions::new(OutType::F32),
-    };
+    let opts = FuseOptions::new(Method::Cat);
     let e = fuse(&mixed, &dir.path().join("z.gguf"), &opts, &|_, _| {})
         .unwrap_err()
         .to_string();
@@ -580,18 +533,13 @@ fn fuse_refusals_say_why_and_write_nothing() {
     let peft = [input("plain", 0.6), input("gqa-k-only", 0.4)];
     let mixed = [FuseInput::new(plain_gguf, 0.6), input("gqa-k-only", 0.4)];
     let opts = |method, density, base: Option<PathBuf>, truncation| FuseOptions {
-        method,
-        rank: None,
         density,
-        seed: 0,
-        protect: None,
-        selection: loraguard::fuse::Selection::Threshold(0.35),
-        side: Default::default(),
         base,
         convert: ConvertOptions {
             truncation,
             ..ConvertOptions::new(OutType::F32)
         },
+        ..FuseOptions::new(method)
     };
     let refactor = Some(loraguard::linalg::truncate::Truncation {
         max_rank: Some(2),
@@ -717,15 +665,10 @@ fn orthogonal_selective_and_layer_weights_match_the_dense_numpy_goldens() {
         ];
         let out = d.path().join(case);
         let opts = FuseOptions {
-            method,
-            rank: None,
-            density: None,
-            seed: 0,
             protect: Some(1),
             selection,
             side,
-            base: None,
-            convert: ConvertOptions::new(OutType::F32),
+            ..FuseOptions::new(method)
         };
         let report = fuse(&inputs, &out, &opts, &|_, _| {}).unwrap();
         let got: std::collections::BTreeMap<String, Array2<f64>> =
@@ -772,17 +715,7 @@ fn fuse_refuses_bad_weight_specs_and_an_all_zero_fusion() {
         ))
         .unwrap(),
     ];
-    let opts = FuseOptions {
-        method: Method::Cat,
-        rank: None,
-        density: None,
-        seed: 0,
-        protect: None,
-        selection: loraguard::fuse::Selection::Threshold(0.35),
-        side: Default::default(),
-        base: None,
-        convert: ConvertOptions::new(OutType::F32),
-    };
+    let opts = FuseOptions::new(Method::Cat);
     let out = d.path().join("o");
     let e = fuse(&inputs, &out, &opts, &|_, _| {}).unwrap_err();
     assert!(e.to_string().contains("weight 0"), "{e}");

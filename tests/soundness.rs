@@ -273,17 +273,8 @@ fn outtype_auto_falls_back_to_f32_beyond_f16_in_convert_as_in_fuse() {
         loraguard::fuse::FuseInput::new(&big, 0.5),
         loraguard::fuse::FuseInput::new(&big, 0.5),
     ];
-    let opts = loraguard::fuse::FuseOptions {
-        method: loraguard::fuse::Method::Cat,
-        rank: None,
-        density: None,
-        seed: 0,
-        protect: None,
-        selection: loraguard::fuse::Selection::Threshold(0.35),
-        side: Default::default(),
-        base: Some(tiny_base()),
-        convert: ConvertOptions::new(OutType::Auto),
-    };
+    let opts = loraguard::fuse::FuseOptions::new(loraguard::fuse::Method::Cat)
+        .gguf(tiny_base(), OutType::Auto);
     let fr = loraguard::fuse::fuse(&inputs, &fused, &opts, &|_, _| {}).unwrap();
     assert!(!fr.fallbacks.is_empty());
 }

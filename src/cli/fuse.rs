@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use loraguard::fuse::{fuse, FuseInput, FuseOptions, Method, Selection, Side, METHODS};
+use loraguard::fuse::{
+    fuse, FuseInput, FuseOptions, Method, Selection, Side, DEFAULT_THRESHOLD, METHODS,
+};
 
 use super::gguf_out::GgufOutArgs;
 use super::output::{progress_of, write_json, Ui, EXIT_OK};
@@ -95,7 +97,7 @@ pub fn run(args: FuseArgs, ui: &Ui) -> anyhow::Result<i32> {
     let selection = match (args.threshold, args.top_n) {
         (_, Some(n)) => Selection::TopN(n as usize),
         (Some(t), None) => Selection::Threshold(t),
-        (None, None) => Selection::Threshold(0.35),
+        (None, None) => Selection::Threshold(DEFAULT_THRESHOLD),
     };
     let opts = FuseOptions {
         selection,

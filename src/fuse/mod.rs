@@ -45,7 +45,7 @@ use crate::peft::{PeftAdapter, CONFIG_NAME, SAFETENSORS_NAME};
 use crate::safelora::project::selection_threshold;
 pub use crate::safelora::Selection;
 pub use methods::{fuse_module, selective_similarity, Fused, MergeParams, Side, Term};
-pub use options::{FuseInput, FuseOptions, Method, METHODS};
+pub use options::{FuseInput, FuseOptions, Method, DEFAULT_THRESHOLD, METHODS};
 pub use prune::Merge;
 pub use report::{FuseReport, ModuleFuse};
 pub use weights::Weights;

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::convert::ConvertOptions;
+use crate::convert::{ConvertOptions, OutType};
 use crate::error::{Error, Result};
 use crate::safelora::Selection;
 
@@ -154,6 +154,9 @@ impl FuseInput {
     }
 }
 
+/// SafeMERGE's default similarity threshold of `selective`.
+pub const DEFAULT_THRESHOLD: f64 = 0.35;
+
 /// Options for [`super::fuse`].
 #[derive(Debug, Clone)]
 pub struct FuseOptions {
@@ -170,9 +173,37 @@ pub struct FuseOptions {
     /// orthogonal: which of the protected input's subspaces.
     pub side: Side,
     /// selective: which modules get the protected input, by
-    /// [`super::selective_similarity`] (threshold 0.35 is SafeMERGE's default).
+    /// [`super::selective_similarity`] ([`DEFAULT_THRESHOLD`] by default).
     pub selection: Selection,
     /// For a `.gguf` output: the base model GGUF and the conversion options.
     pub base: Option<PathBuf>,
     pub convert: ConvertOptions,
+}
+
+impl FuseOptions {
+    /// `method` with every other option at the CLI's default: the largest
+    /// rank, no density, seed 0, the last input protected on its column
+    /// space, SafeMERGE's threshold, a PEFT output (no base) of type `auto`.
+    pub fn new(method: Method) -> FuseOptions {
+        FuseOptions {
+            method,
+            rank: None,
+            density: None,
+            seed: 0,
+            protect: None,
+            side: Side::default(),
+            selection: Selection::Threshold(DEFAULT_THRESHOLD),
+            base: None,
+            convert: ConvertOptions::new(OutType::Auto),
+        }
+    }
+
+    /// The same, writing a GGUF LoRA for `base` with tensors of `outtype`.
+    pub fn gguf(self, base: impl Into<PathBuf>, outtype: OutType) -> FuseOptions {
+        FuseOptions {
+            base: Some(base.into()),
+            convert: ConvertOptions::new(outtype),
+            ..self
+        }
+    }
 }

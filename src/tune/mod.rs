@@ -27,10 +27,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::convert::{ConvertOptions, OutType};
+use crate::convert::OutType;
 use crate::error::{Error, Result};
 use crate::fuse::weights::layer_of;
-use crate::fuse::{fuse, FuseInput, FuseOptions, Method, Selection, Side, Weights};
+use crate::fuse::{fuse, FuseInput, FuseOptions, Method, Selection, Weights};
 use crate::safelora::project::{selected, selection_threshold};
 use calibration::Calibration;
 pub use search::{Candidate, Constraints, Metrics, Scored};
@@ -163,15 +163,8 @@ pub fn weights_spec(groups: &[(usize, usize)], weights: &[f64]) -> String {
 
 fn fuse_opts(method: Method, base: &Path, outtype: OutType) -> FuseOptions {
     FuseOptions {
-        method,
-        rank: None,
-        density: None,
-        seed: 0,
         protect: Some(1),
-        selection: crate::fuse::Selection::Threshold(0.35),
-        side: Side::Column,
-        base: Some(base.to_path_buf()),
-        convert: ConvertOptions::new(outtype),
+        ..FuseOptions::new(method).gguf(base, outtype)
     }
 }
 
