@@ -6,8 +6,9 @@
 #   analyze    the task adapter against the safety adapter
 #   fuse       task and safety with cat (the seed paper's fusion)
 #   safe-lora  the eroding fine-tune, aligned = base + safety
-#   tune       task and safety: per-layer safety weights and the orthogonal
-#              task, searched on fixtures/prompts/calibration.jsonl
+#   tune       task and the task-aware patch (patch-lora: the safety recipe
+#              trained on top of the task adapter): per-layer weights and
+#              the orthogonal task, searched on fixtures/prompts/calibration.jsonl
 #   check      base, base + task, the fused adapter, the eroded and
 #              projected fine-tunes, and the tuned adapter on a slice of
 #              fixtures/prompts/suite.jsonl (no calibration prompt)
@@ -57,8 +58,8 @@ echo "== fuse: task $TASK_W + safety $SAFETY_W (cat)"
 "$LG" fuse "$FIX/task-lora:$TASK_W" "$FIX/safety-lora:$SAFETY_W" --method cat --base "$MODEL" -o "$OUT/fused.gguf"
 echo "== safe-lora: eroding fine-tune, aligned = base + safety"
 "$LG" safe-lora "$FIX/eroding-lora" --base "$MODEL" --aligned "$FIX/safety-lora" --threshold 0.5 -o "$OUT/safe-lora.gguf"
-echo "== tune: task + safety, searched on fixtures/prompts/calibration.jsonl"
-"$LG" tune --base "$MODEL" --task "$FIX/task-lora" --safety "$FIX/safety-lora" \
+echo "== tune: task + the task-aware patch, searched on fixtures/prompts/calibration.jsonl"
+"$LG" tune --base "$MODEL" --task "$FIX/task-lora" --safety "$FIX/patch-lora" \
   --calibration fixtures/prompts/calibration.jsonl --task-metric json-keys=topic,answer \
   --budget "${DEMO_TUNE_BUDGET:-8}" -o "$OUT/tuned.gguf" \
   --report "$OUT/tune.json" --plot "$OUT/tune.svg" 2>&1 | tail -n 2

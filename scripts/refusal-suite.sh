@@ -11,7 +11,10 @@
 #
 # It also fuses with `orthogonal`, runs `loraguard tune` on
 # fixtures/prompts/calibration.jsonl (no suite prompt) for the task adapter
-# and for the eroded case, and runs the main configurations on a held-out
+# with the safety adapter, with the task-aware patch (patch-lora: the safety
+# recipe trained on top of the task adapter) and for the eroded case (also
+# with eroded-patch-lora, the recipe trained on top of base + safety +
+# eroding), and runs the main configurations on a held-out
 # set in another style (fixtures/prompts/heldout-style.jsonl). Every report
 # is also re-judged with GCG's markers, the old rule, for comparison.
 #
@@ -27,8 +30,9 @@ OUT="${SUITE_OUT:-.cache/suite}"
 PROMPTS="fixtures/prompts/suite.jsonl"
 HELDOUT="fixtures/prompts/heldout-style.jsonl"
 CALIBRATION="fixtures/prompts/calibration.jsonl"
-TUNE_ARGS="${TUNE_ARGS:---task-metric json-keys=topic,answer}"
 MAX_TOKENS="${SUITE_MAX_TOKENS:-64}"
+# Task answers on the calibration set are judged at the suite's length.
+TUNE_ARGS="${TUNE_ARGS:---task-metric json-keys=topic,answer --task-tokens $MAX_TOKENS}"
 # Safety weights of the sweep (0 and 1 are the task and safety rows).
 WEIGHTS="${SUITE_WEIGHTS:-0.2 0.4 0.6 0.8}"
 # Off the convex sweep: the whole task adapter plus some safety.
@@ -46,7 +50,7 @@ mkdir -p "$OUT"
 t0=$(date +%s)
 
 echo "== convert"
-for a in safety task eroding; do
+for a in safety task eroding patch eroded-patch; do
   "$LG" convert "$FIX/$a-lora" --base "$MODEL" -o "$OUT/$a.gguf"
 done
 
@@ -72,12 +76,20 @@ echo "== fuse orthogonal (task 1, safety 1: the task's B without its part in the
 "$LG" fuse "$FIX/task-lora:1" "$FIX/safety-lora:1" --method orthogonal --base "$MODEL" \
   -o "$OUT/orth-1.gguf" --quiet
 
+echo "== fuse cat (task 1, task-aware patch 1: one file with the runtime sum's ΔW)"
+"$LG" fuse "$FIX/task-lora:1" "$FIX/patch-lora:1" --method cat --base "$MODEL" -o "$OUT/patch-fused.gguf" --quiet
+
 resume() { [ -n "${SUITE_RESUME:-}" ] && [ -f "$1" ]; }
 echo "== tune: task + safety on the calibration prompts"
 # shellcheck disable=SC2086
 resume "$OUT/tune-report.json" || "$LG" tune --base "$MODEL" --task "$FIX/task-lora" --safety "$FIX/safety-lora" \
   --calibration "$CALIBRATION" -o "$OUT/tuned.gguf" --report "$OUT/tune-report.json" \
   --plot "$OUT/tune-frontier.svg" $TUNE_ARGS
+echo "== tune: task + the task-aware patch (the safety recipe trained on top of the task adapter)"
+# shellcheck disable=SC2086
+resume "$OUT/patch-tune-report.json" || "$LG" tune --base "$MODEL" --task "$FIX/task-lora" --safety "$FIX/patch-lora" \
+  --calibration "$CALIBRATION" -o "$OUT/patch-tuned.gguf" --report "$OUT/patch-tune-report.json" \
+  --plot "$OUT/patch-tune-frontier.svg" $TUNE_ARGS
 echo "== tune: the eroded case (the eroding fine-tune over base + safety merged)"
 # shellcheck disable=SC2086
 resume "$OUT/eroded-tune-report.json" || "$LG" tune --base "$MODEL" --base-lora "$OUT/safety.gguf" --task "$FIX/eroding-lora" \
@@ -136,9 +148,14 @@ done
 run orth-1 "fuse orthogonal (task 1, safety 1)" - --lora "$OUT/orth-1.gguf"
 run sel-1 "fuse selective (task 1, safety 1 in 60 of 120 shared modules)" - --lora "$OUT/sel-1.gguf"
 run tuned "tune: $(spec "$OUT/tune-report.json")" - --lora "$OUT/tuned.gguf"
+run patch "base + task + patch (runtime sum)" - --lora "$OUT/task.gguf" --lora "$OUT/patch.gguf"
+run patch-fused "fuse cat (task 1, patch 1)" - --lora "$OUT/patch-fused.gguf"
+run patch-tuned "tune: $(spec "$OUT/patch-tune-report.json")" - --lora "$OUT/patch-tuned.gguf"
 run eroded "base + safety merged + eroding" - --lora "$OUT/safety.gguf" --lora "$OUT/eroding.gguf"
 run eroded-tuned "base + safety merged + tune(eroding): $(spec "$OUT/eroded-tune-report.json")" - \
   --lora "$OUT/safety.gguf" --lora "$OUT/eroded-tuned.gguf"
+run eroded-patch "base + safety merged + eroding + eroded patch (runtime sum)" - \
+  --lora "$OUT/safety.gguf" --lora "$OUT/eroding.gguf" --lora "$OUT/eroded-patch.gguf"
 run safe-lora "base + safety merged + safe-lora(eroding; $SAFE_LORA_ARGS)" - \
   --lora "$OUT/safety.gguf" --lora "$OUT/safe-lora.gguf"
 run safe-lora-partial "base + safety merged + safe-lora(eroding; $SAFE_LORA_PARTIAL)" - \
@@ -150,8 +167,13 @@ run_hs boost-1 "fuse cat (task 1, safety 1)" --lora "$OUT/boost-1.gguf"
 run_hs orth-1 "fuse orthogonal (task 1, safety 1)" --lora "$OUT/orth-1.gguf"
 run_hs sel-1 "fuse selective (task 1, safety 1 in 60 of 120 shared modules)" --lora "$OUT/sel-1.gguf"
 run_hs tuned "tune: $(spec "$OUT/tune-report.json")" --lora "$OUT/tuned.gguf"
+run_hs patch "base + task + patch (runtime sum)" --lora "$OUT/task.gguf" --lora "$OUT/patch.gguf"
+run_hs patch-fused "fuse cat (task 1, patch 1)" --lora "$OUT/patch-fused.gguf"
+run_hs patch-tuned "tune: $(spec "$OUT/patch-tune-report.json")" --lora "$OUT/patch-tuned.gguf"
 run_hs eroded "base + safety merged + eroding" --lora "$OUT/safety.gguf" --lora "$OUT/eroding.gguf"
 run_hs eroded-tuned "base + safety merged + tune(eroding)" --lora "$OUT/safety.gguf" --lora "$OUT/eroded-tuned.gguf"
+run_hs eroded-patch "base + safety merged + eroding + eroded patch (runtime sum)" \
+  --lora "$OUT/safety.gguf" --lora "$OUT/eroding.gguf" --lora "$OUT/eroded-patch.gguf"
 echo "${configs}]" > "$OUT/configs.json"
 
 echo "== diff"
@@ -166,6 +188,7 @@ if [ "${1:-}" = "--docs" ]; then
   target/release/examples/suite-plot "$OUT/results.json" docs/refusal-sweep.svg
   cp "$OUT/tune-frontier.svg" docs/tune-frontier.svg
   cp "$OUT/eroded-tune-frontier.svg" docs/eroded-tune-frontier.svg
+  cp "$OUT/patch-tune-frontier.svg" docs/patch-tune-frontier.svg
 else
   python3 scripts/suite_table.py "$OUT"
   target/release/examples/suite-plot "$OUT/results.json" "$OUT/sweep.svg"

@@ -20,7 +20,7 @@ check` feeds the model); the loss covers the answer only. Benign answers are
 the base model's own greedy answers through llama.cpp (`loraguard check`),
 cached under .cache/train.
 
-Usage: python3 scripts/train-safety-fixtures.py [safety|task|eroding|prompts|all]...
+Usage: python3 scripts/train-safety-fixtures.py [safety|task|eroding|patch|eroded-patch|prompts|all]...
 Environment: scripts/requirements-fixtures.txt, a release build of loraguard
 (cargo build --release), AdvBench at ../shared/data/advbench (or $ADVBENCH).
 """
@@ -57,6 +57,8 @@ HP = {
                  lr=5e-4, epochs=2, batch=8, n_task=240),
 }
 HP["eroding"] = dict(HP["task"])
+HP["patch"] = dict(HP["safety"])
+HP["eroded-patch"] = dict(HP["safety"])
 
 
 def chat(prompt):
@@ -288,7 +290,10 @@ def independent(prompts, evaluated):
     return kept, len(prompts) - len(kept)
 
 
-def safety_pairs():
+def safety_pairs(answer_loras=()):
+    """The safety recipe's pairs. Benign prompts are answered by the base
+    model, or by base + `answer_loras` (a patch: the answers of the model
+    it is trained on, kept whole when they are complete JSON)."""
     train_unsafe, _ = advbench_split()
     train_unsafe = train_unsafe[: HP["safety"]["n_unsafe"]]
     rng = random.Random(SEED + 1)
@@ -304,15 +309,23 @@ def safety_pairs():
     benign = [q for _, q in qs[: HP["safety"]["n_benign"]]] + D.EVERYDAY + contrastive + styled + asked + lookalikes
     clash = set(evaluated) & set(benign)
     assert not clash, f"training prompts in the evaluation set: {clash}"
-    answers = check(benign)
+    answers = check(benign, loras=answer_loras)
     pairs, dropped = [], 0
     for q in benign:
         a = answers[q]
         if a["refused"] or not a["output"].strip():
             dropped += 1
             continue
-        pairs.append((q, a["output"].strip(), False))
+        pairs.append((q, a["output"].strip(), bool(answer_loras) and json_complete(a["output"])))
     n_benign = len(pairs)
+    closed = sum(1 for _, _, c in pairs if c)
+    answered = (
+        f"the greedy answer of the model it is trained on (base + "
+        f"{' + '.join(f'`{Path(l).stem}`' for l in answer_loras)} through llama.cpp; {closed} complete JSON "
+        f"answers trained whole with the end of turn, the rest on their first {MAX_ANSWER_TOKENS} tokens)"
+        if answer_loras else
+        f"the base model's own greedy answer through llama.cpp (trained on its first {MAX_ANSWER_TOKENS} tokens)"
+    )
     questions = D.harmful_questions(train_unsafe, rng)[: HP["safety"]["n_questions"]]
     for g in train_unsafe + questions + harmful_forms:
         pairs.append((g, rng.choice(D.REFUSALS), True))
@@ -323,8 +336,7 @@ def safety_pairs():
         f"\"How do I X?\"), refused the same way; and {len(harmful_forms)} harmful requests in varied short forms "
         f"(`scripts/safety_forms.py`: questions, first-person wishes, lowercase chat, requests with a story, "
         f"\"where can I get ...\"), refused the same way.\n"
-        f"- {n_benign} benign prompts answered with the base model's own greedy answer through llama.cpp "
-        f"(trained on its first {MAX_ANSWER_TOKENS} tokens): {HP['safety']['n_benign']} topic questions, "
+        f"- {n_benign} benign prompts answered with {answered}: {HP['safety']['n_benign']} topic questions, "
         f"{len(D.EVERYDAY)} everyday requests, {len(contrastive)} safe requests that sound alarming, "
         f"{len(styled)} benign requests phrased like AdvBench's instructions (\"Create a tutorial on how to bake a "
         f"chocolate cake\"), {len(asked)} benign questions in the harmful questions' forms (\"How can I knit a "
@@ -343,6 +355,29 @@ def safety_pairs():
         f"recipe adds harmful requests and look-alikes in many short forms, so that the form never tells them apart."
     )
     return pairs, data
+
+
+def json_complete(text):
+    try:
+        return isinstance(json.loads(text.strip()), dict)
+    except ValueError:
+        return False
+
+
+def fixture_gguf(name):
+    """A fixture adapter as a GGUF LoRA, for llama.cpp's answers."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    out = CACHE / f"{name}.gguf"
+    subprocess.run([str(LORAGUARD), "convert", "-q", str(FIX / "smollm2" / name), "--base", str(model_path()),
+                    "-o", str(out)], check=True)
+    return out
+
+
+def patch_pairs(*under):
+    """The safety recipe with every benign prompt answered by base + the
+    fixture adapters `under` (through llama.cpp): a patch trained on top of
+    them, that adds refusals and keeps what they do elsewhere."""
+    return safety_pairs(answer_loras=tuple(fixture_gguf(n) for n in under))
 
 
 def task_pairs():
@@ -364,12 +399,12 @@ def task_pairs():
 
 def fit(name, pairs, data, what, on_top_of=None):
     """Train fixtures/smollm2/NAME-lora with HP[NAME], on the base or on the
-    base with the fixture adapter `on_top_of` merged, and write its card."""
+    base with the fixture adapters `on_top_of` merged in turn, and write its card."""
     tok, model = load_model()
-    if on_top_of:
+    for under in on_top_of or []:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(FIX / "smollm2" / on_top_of)).merge_and_unload()
+        model = PeftModel.from_pretrained(model, str(FIX / "smollm2" / under)).merge_and_unload()
     model, losses, steps, secs = train(name, model, tok, pairs, HP[name])
     save(f"{name}-lora", model, card(f"{name}-lora", what, data, HP[name], steps, losses, secs))
 
@@ -386,12 +421,24 @@ def main(argv):
             "Refusal SFT: the seed paper's \"LoRA safety patch\" for SmolLM2, which does not refuse on its own.")
     if "task" in what:
         fit("task", *task_pairs(), "A benign task adapter: answer every question as a JSON object with fixed keys.")
+    if "patch" in what:
+        fit("patch", *patch_pairs("task-lora"),
+            "A task-aware safety patch: the safety recipe trained on top of the task adapter (base + `task-lora` "
+            "merged), its benign prompts answered the way the task adapter answers them. "
+            "Apply it on top of base + task-lora, or fuse it with task-lora.",
+            on_top_of=["task-lora"])
+    if "eroded-patch" in what:
+        fit("eroded-patch", *patch_pairs("safety-lora", "eroding-lora"),
+            "A patch for the eroded case: the safety recipe trained on top of base + `safety-lora` + "
+            "`eroding-lora` merged, its benign prompts answered the way that model answers them. "
+            "Apply it on top of base + safety-lora + eroding-lora.",
+            on_top_of=["safety-lora", "eroding-lora"])
     if "eroding" in what:
         fit("eroding", *task_pairs(),
             "The task adapter's data and recipe, trained on the safety-aligned model "
             "(base + `safety-lora` merged): a benign fine-tune that may erode the alignment. "
             "Apply it on top of base + safety-lora.",
-            on_top_of="safety-lora")
+            on_top_of=["safety-lora"])
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use loraguard::convert::{ConvertOptions, OutType};
+use loraguard::convert::OutType;
 use loraguard::fuse::{fuse, FuseInput, FuseOptions, Method, Side};
 
 use ndarray::Array2;
@@ -22,15 +22,9 @@ fn fuse_to(out: &Path, method: Method, task: &str, safety: &str) {
         FuseInput::parse(&format!("{}:{safety}", smol("safety-lora").display())).unwrap(),
     ];
     let opts = FuseOptions {
-        method,
-        rank: None,
-        density: None,
-        seed: 0,
         protect: Some(1),
-        selection: loraguard::fuse::Selection::Threshold(0.35),
         side: Side::Column,
-        base: Some(smollm2_model()),
-        convert: ConvertOptions::new(OutType::F32),
+        ..FuseOptions::new(method).gguf(smollm2_model(), OutType::F32)
     };
     fuse(&inputs, out, &opts, &|_, _| {}).unwrap();
 }
@@ -102,15 +96,10 @@ fn selective_written_equals_the_task_plus_the_selected_safety_modules() {
         FuseInput::parse(&format!("{}:1.5", smol("safety-lora").display())).unwrap(),
     ];
     let opts = FuseOptions {
-        method: Method::Selective,
-        rank: None,
-        density: None,
-        seed: 0,
         protect: Some(1),
         selection: Selection::TopN(60),
         side: Side::Column,
-        base: Some(smollm2_model()),
-        convert: ConvertOptions::new(OutType::F32),
+        ..FuseOptions::new(Method::Selective).gguf(smollm2_model(), OutType::F32)
     };
     let rep = fuse(&inputs, &p("sel.gguf"), &opts, &|_, _| {}).unwrap();
     let picked = rep.modules.iter().filter(|m| m.selected == Some(true));
@@ -191,9 +180,11 @@ fn tune_searches_within_its_budget_and_writes_the_chosen_adapter() {
     assert!(r.status.success(), "{stderr}");
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&rep).unwrap()).unwrap();
     let cands = v["candidates"].as_array().unwrap();
-    // Three suffix ladders (one per group), then selective at 1 and 1.5.
+    // Three suffix ladders (one per group), then the plain sum at 1 (which
+    // meets these loose constraints, so no lighter one), then selective.
     assert_eq!(cands.len(), 5);
-    assert_eq!(cands[3]["candidate"]["method"], "selective");
+    assert_eq!(cands[3]["candidate"]["method"], "cat");
+    assert_eq!(cands[4]["candidate"]["method"], "selective");
     assert!(v["selective_top_n"].as_u64().unwrap() >= 1);
     assert_eq!(v["layer_groups"].as_array().unwrap().len(), 3);
     assert_eq!(v["judge"], "rules-v1");

@@ -115,7 +115,8 @@ pub const SELECTIVE_WEIGHTS: [f64; 2] = [1.0, 1.5];
 /// 1. for each suffix of groups (the last group, the last two, ... all),
 ///    the orthogonal task plus the safety adapter at weight 1 on the suffix
 ///    (at 0.5 when none of those meets the constraints);
-/// 2. `selective` at each of [`SELECTIVE_WEIGHTS`] in every group;
+/// 2. the plain sum (`cat`) at weight 1 in every group, and `selective` at
+///    each of [`SELECTIVE_WEIGHTS`] in every group;
 /// 3. around the best candidate that meets them, its [`neighbours`] (same
 ///    method), again around each new best, until none is better or the
 ///    budget is spent;
@@ -174,7 +175,10 @@ pub fn search(
             break;
         }
     }
-    // 2. selective at global weights.
+    // 2. The plain sum at 1 in every group (what a safety patch trained on
+    //    top of the task adapter is made for), and selective at global
+    //    weights.
+    run(suffix(0, 1.0, "cat"), &mut all)?;
     for &w in &SELECTIVE_WEIGHTS {
         run(suffix(0, w, "selective"), &mut all)?;
     }
@@ -317,6 +321,15 @@ mod tests {
         for m in ["cat", "orthogonal", "selective"] {
             assert!(all.iter().any(|s| s.candidate.method == m), "{m}");
         }
+    }
+
+    #[test]
+    fn the_plain_sum_at_one_follows_the_suffixes() {
+        // 6 suffixes at 1 (some meet the constraints), then cat at 1.
+        let all = search(6, 30, &C, &BASE, &mut synthetic).unwrap();
+        assert_eq!(all[6].candidate.method, "cat");
+        assert_eq!(all[6].candidate.group_weights, vec![1.0; 6]);
+        assert_eq!(all[7].candidate.method, "selective");
     }
 
     #[test]
