@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use loraguard::convert::OutType;
-use loraguard::fuse::{fuse, FuseInput, FuseOptions, Method, Side};
+use loraguard::fuse::{fuse, FuseInput, FuseOptions, Method};
 
 use ndarray::Array2;
 
@@ -23,7 +23,6 @@ fn fuse_to(out: &Path, method: Method, task: &str, safety: &str) {
     ];
     let opts = FuseOptions {
         protect: Some(1),
-        side: Side::Column,
         ..FuseOptions::new(method).gguf(smollm2_model(), OutType::F32)
     };
     fuse(&inputs, out, &opts, &|_, _| {}).unwrap();
@@ -98,7 +97,6 @@ fn selective_written_equals_the_task_plus_the_selected_safety_modules() {
     let opts = FuseOptions {
         protect: Some(1),
         selection: Selection::TopN(60),
-        side: Side::Column,
         ..FuseOptions::new(Method::Selective).gguf(smollm2_model(), OutType::F32)
     };
     let rep = fuse(&inputs, &p("sel.gguf"), &opts, &|_, _| {}).unwrap();
@@ -180,8 +178,8 @@ fn tune_searches_within_its_budget_and_writes_the_chosen_adapter() {
     assert!(r.status.success(), "{stderr}");
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&rep).unwrap()).unwrap();
     let cands = v["candidates"].as_array().unwrap();
-    // Three suffix ladders (one per group), then the plain sum at 1 (which
-    // meets these loose constraints, so no lighter one), then selective.
+    // Three suffix ladders (one per group), then the plain sum at 1, then
+    // selective.
     assert_eq!(cands.len(), 5);
     assert_eq!(cands[3]["candidate"]["method"], "cat");
     assert_eq!(cands[4]["candidate"]["method"], "selective");
