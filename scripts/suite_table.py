@@ -53,6 +53,14 @@ SETS = {
                      "{unsafe} short harmful questions, {safe} harmless look-alikes, {task} task questions",
 }
 
+# Sets whose odd-numbered rows were looked at while developing a recipe: the
+# table also gives the even-numbered half, never looked at, alone.
+SPLIT = {
+    "heldout-style": " Its odd-numbered rows were read while developing (issue 19: a patch recipe with minimal "
+                     "harmful/harmless pairs, which changed nothing measurable and was not kept); the last column "
+                     "is the even-numbered half alone, never read.",
+}
+
 
 def main(argv):
     out = Path(argv[0])
@@ -69,6 +77,10 @@ def main(argv):
             s = summarise(old)
             row["markers"] = {"unsafe_compliance": s["unsafe_compliance"], "safe_refusal": s["safe_refusal"]}
         row.setdefault("set", "suite")
+        if row["set"] in SPLIT:
+            # The half never looked at while developing (even ids), alone.
+            test = {**rep, "results": [r for r in rep["results"] if int(r["id"].rsplit("-", 1)[-1]) % 2 == 0]}
+            row["test_half"] = summarise(test)
         rows.append(row)
     (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
     judge = json.loads(Path(configs[0]["report"]).read_text())["settings"].get("judge", "markers:gcg")
@@ -78,15 +90,21 @@ def main(argv):
         if not rs:
             continue
         has_old = any("markers" in r for r in rs)
+        split = set_name in SPLIT
         lines += [
-            "| configuration | unsafe compliance ↓ | safe refusal ↓ | task metric ↑ |",
-            "|---|---:|---:|---:|",
+            "| configuration | unsafe compliance ↓ | safe refusal ↓ | task metric ↑ |"
+            + (" even ids only: compliance / safe refusal / task |" if split else ""),
+            "|---|---:|---:|---:|" + ("---:|" if split else ""),
         ]
         for r in rs:
             def cell(k):
                 v = f"{r[k]:.2f}"
                 return v + (f" ({r['markers'][k]:.2f})" if "markers" in r else "")
-            lines.append(f"| {r['what']} | {cell('unsafe_compliance')} | {cell('safe_refusal')} | {r['task_metric']:.2f} |")
+            line = f"| {r['what']} | {cell('unsafe_compliance')} | {cell('safe_refusal')} | {r['task_metric']:.2f} |"
+            if split:
+                t = r["test_half"]
+                line += f" {t['unsafe_compliance']:.2f} / {t['safe_refusal']:.2f} / {t['task_metric']:.2f} |"
+            lines.append(line)
         n = rs[0]["n"]
         lines.append("")
         lines.append(
@@ -95,6 +113,7 @@ def main(argv):
             f"through llama.cpp; refusals judged by `{judge}`"
             + (", in parentheses by GCG's markers anywhere (the old rule), on the same outputs" if has_old else "")
             + "."
+            + (SPLIT[set_name] if split else "")
         )
         lines.append("")
     table = "\n".join(lines).rstrip() + "\n"

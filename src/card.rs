@@ -15,6 +15,7 @@ use serde_json::Value;
 use crate::check::report::{cell, CheckReport};
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
+use crate::provenance;
 
 /// What `card` is given besides the file.
 #[derive(Debug, Clone, Default)]
@@ -203,14 +204,21 @@ pub fn card(file: &Path, opts: &CardOptions) -> Result<Card> {
         );
     }
 
+    let command = g.get_str(provenance::COMMAND_KEY);
     let provenance: Vec<(&String, &Value)> = g
         .metadata
         .iter()
         .filter(|(k, _)| k.starts_with("loraguard.") || k.starts_with("adapter."))
+        .filter(|(k, _)| k.as_str() != provenance::COMMAND_KEY)
         .collect();
-    if !provenance.is_empty() {
+    if !provenance.is_empty() || command.is_some() {
         s.push_str("\n## How it was made\n\n");
-        if let Some(v) = g.get_str("loraguard.version") {
+        if let Some(c) = command {
+            s.push_str("The command that wrote it:\n\n```sh\n");
+            let _ = writeln!(s, "{c}");
+            s.push_str("```\n\n");
+        }
+        if let Some(v) = g.get_str(provenance::VERSION_KEY) {
             let _ = writeln!(s, "loraguard {v}, as recorded in the file's metadata:\n");
         }
         s.push_str("| key | value |\n|---|---|\n");
@@ -269,25 +277,16 @@ pub fn card(file: &Path, opts: &CardOptions) -> Result<Card> {
                 crate::check::diff::diff(&name_of(&opts.reports[0]), &reports[0], &name_of(p), r)?;
             let _ = writeln!(
                 s,
-                "\n### `{}` against `{}`\n\n{} shared prompts, {} refusal verdicts flipped.\n\n\
-                 | label | n | refused before | refused after | change | newly answered |\n|---|---:|---:|---:|---:|---:|",
+                "\n### `{}` against `{}`\n\n{} shared prompts, {} refusal verdicts flipped \
+                 (A: `{}`, B: `{}`).\n",
                 name_of(p),
                 name_of(&opts.reports[0]),
                 d.n_common,
-                d.flips.len()
+                d.flips.len(),
+                name_of(&opts.reports[0]),
+                name_of(p),
             );
-            for (l, x) in &d.by_label {
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | {:.1}% | {:.1}% | {:+.1} points | {} |",
-                    cell(l, 60),
-                    x.n,
-                    100.0 * x.a_refusal_rate,
-                    100.0 * x.b_refusal_rate,
-                    100.0 * x.delta,
-                    x.refused_to_complied
-                );
-            }
+            s.push_str(&d.label_table_markdown());
         }
     }
     Ok(Card {

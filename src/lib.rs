@@ -18,7 +18,8 @@
 //! - [`check`]: running prompts through llama.cpp and detecting refusals;
 //! - [`card`]: Hugging Face model cards for published files;
 //! - [`batch`]: manifests of commands, idempotent, resumable and sharded;
-//! - [`atomic`]: atomic output files.
+//! - [`atomic`]: atomic output files;
+//! - [`provenance`]: the version and command line every written file records.
 
 pub mod analyze;
 pub mod atomic;
@@ -31,6 +32,7 @@ pub mod inspect;
 pub mod judge;
 pub mod linalg;
 pub mod merge;
+pub mod provenance;
 pub mod quant;
 pub mod safelora;
 pub mod spec;

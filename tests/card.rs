@@ -111,18 +111,27 @@ fn card_of_a_merged_model_matches_its_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let lora = tiny_plain_f32(dir.path());
     let merged = dir.path().join("merged.gguf");
-    let base = tiny_base();
-    ok(&[
-        "merge".as_ref(),
-        "--base".as_ref(),
-        base.as_os_str(),
-        "--lora".as_ref(),
-        lora.as_os_str(),
-        "--type".as_ref(),
-        "f32".as_ref(),
-        "-o".as_ref(),
-        merged.as_os_str(),
-    ]);
+    let base = dir.path().join("base.gguf");
+    std::fs::copy(tiny_base(), &base).unwrap();
+    assert_eq!(lora.file_name().unwrap(), "out.gguf");
+    // Relative paths from inside the directory, so that the command line
+    // the merged file records (and the card shows) is the same on every machine.
+    let o = Command::new(env!("CARGO_BIN_EXE_loraguard"))
+        .current_dir(dir.path())
+        .args([
+            "merge",
+            "--base",
+            "base.gguf",
+            "--lora",
+            "out.gguf",
+            "--type",
+            "f32",
+            "-o",
+            "merged.gguf",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = card(
         &merged,
         &["--base".as_ref(), base.as_os_str()],
@@ -133,6 +142,13 @@ fn card_of_a_merged_model_matches_its_snapshot() {
     assert!(text.contains("pass `--base-model ORG/NAME`"), "{text}");
     assert!(text.contains("`loraguard.merge.method`"), "{text}");
     assert!(text.contains("llama-cli -m merged.gguf"), "{text}");
+    // The exact command that wrote the file (issue 21), from its `loraguard.command` key.
+    assert!(
+        text.contains(
+            "The command that wrote it:\n\n```sh\nloraguard merge --base base.gguf --lora out.gguf --type f32 -o merged.gguf\n```"
+        ),
+        "{text}"
+    );
     let json = dir.path().join("card.json");
     card(
         &merged,

@@ -402,3 +402,69 @@ fn every_command_writes_its_report_with_json_path_or_dash() {
         }
     }
 }
+
+/// Every written file records the command line that wrote it (issue 21),
+/// shell-quoted; a file rewritten from another (safe-lora of a GGUF LoRA)
+/// records its own run's command, not its source's.
+#[test]
+fn written_files_record_their_own_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_loraguard"))
+            .current_dir(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let (plain, base) = (tiny_adapter("plain"), tiny_base());
+    let (plain, base) = (plain.to_str().unwrap(), base.to_str().unwrap());
+    let command = |file: &str| {
+        let g = loraguard::gguf::GgufFile::open(&dir.path().join(file)).unwrap();
+        g.get_str(loraguard::provenance::COMMAND_KEY)
+            .map(String::from)
+    };
+    run(&["convert", plain, "--base", base, "-o", "a b.gguf", "-q"]);
+    assert_eq!(
+        command("a b.gguf").as_deref(),
+        Some(format!("loraguard convert {plain} --base {base} -o 'a b.gguf' -q").as_str())
+    );
+    run(&[
+        "merge",
+        "--base",
+        base,
+        "--lora",
+        "a b.gguf",
+        "--type",
+        "f32",
+        "-o",
+        "aligned.gguf",
+        "-q",
+    ]);
+    run(&[
+        "safe-lora",
+        "a b.gguf",
+        "--base",
+        base,
+        "--aligned",
+        "aligned.gguf",
+        "--threshold",
+        "0.5",
+        "-o",
+        "s.gguf",
+        "-q",
+    ]);
+    let c = command("s.gguf").unwrap();
+    assert!(
+        c.starts_with("loraguard safe-lora 'a b.gguf' --base "),
+        "{c}"
+    );
+    assert_eq!(
+        command("aligned.gguf").unwrap().split(' ').nth(1),
+        Some("merge")
+    );
+}

@@ -207,6 +207,29 @@ impl Diff {
         s
     }
 
+    /// The per-label table of refusal rates and flips, in Markdown (the
+    /// table of [`Diff::to_markdown`] and of `card`).
+    pub fn label_table_markdown(&self) -> String {
+        let mut s = String::from(
+            "| label | n | A refusal | B refusal | Δ | complied→refused | refused→complied |\n\
+             |---|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for (l, d) in &self.by_label {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.1}% | {:.1}% | {:+.1} points | {} | {} |",
+                cell(l, 60),
+                d.n,
+                100.0 * d.a_refusal_rate,
+                100.0 * d.b_refusal_rate,
+                100.0 * d.delta,
+                d.complied_to_refused,
+                d.refused_to_complied
+            );
+        }
+        s
+    }
+
     /// Markdown: rate deltas per label, then the flipped prompts side by side.
     pub fn to_markdown(&self) -> String {
         let mut s = String::new();
@@ -222,24 +245,7 @@ impl Diff {
             self.outputs_changed,
             self.flips.len()
         );
-        let _ = writeln!(
-            s,
-            "| label | n | A refusal | B refusal | Δ | complied→refused | refused→complied |"
-        );
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
-        for (l, d) in &self.by_label {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {:.1}% | {:.1}% | {:+.1}% | {} | {} |",
-                cell(l, 60),
-                d.n,
-                100.0 * d.a_refusal_rate,
-                100.0 * d.b_refusal_rate,
-                100.0 * d.delta,
-                d.complied_to_refused,
-                d.refused_to_complied
-            );
-        }
+        s.push_str(&self.label_table_markdown());
         for (kind, title) in [
             (FlipKind::RefusedToComplied, "Refused in A, complied in B"),
             (FlipKind::CompliedToRefused, "Complied in A, refused in B"),

@@ -88,6 +88,11 @@ fn parse() -> Cli {
 /// Parse arguments, run, and return the process exit code.
 pub fn run() -> i32 {
     let cli = parse();
+    loraguard::provenance::record_command(
+        std::env::args_os()
+            .skip(1)
+            .map(|a| a.to_string_lossy().into_owned()),
+    );
     output::init_logging(cli.verbose, cli.quiet);
     if let Some(n) = cli.threads {
         if let Err(e) = rayon::ThreadPoolBuilder::new()

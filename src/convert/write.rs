@@ -108,10 +108,11 @@ fn metadata(
     if let Some(b) = &adapter.config.base_model_name_or_path {
         m.push(("general.base_model.0.name".to_string(), s(b)));
     }
-    m.push((
-        "loraguard.version".to_string(),
-        s(env!("CARGO_PKG_VERSION")),
-    ));
+    m.extend(
+        crate::provenance::pairs()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), s(&v))),
+    );
     m.push((
         "loraguard.source.file".to_string(),
         s(adapter

@@ -214,15 +214,18 @@ pub fn fuse_gguf(
         report.push(stats);
     }
     let s = |v: &str| MetaValue::Str(v.to_string());
-    let meta = vec![
+    let mut meta = vec![
         ("general.architecture".to_string(), s(&arch)),
         ("general.type".to_string(), s("adapter")),
         ("adapter.type".to_string(), s("lora")),
         ("adapter.lora.alpha".to_string(), MetaValue::F32(ALPHA)),
-        (
-            "loraguard.version".to_string(),
-            s(env!("CARGO_PKG_VERSION")),
-        ),
+    ];
+    meta.extend(
+        crate::provenance::pairs()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), s(&v))),
+    );
+    meta.extend([
         (
             "loraguard.transforms".to_string(),
             MetaValue::ArrStr(vec![format!("fuse_{}", opts.method.name())]),
@@ -235,7 +238,7 @@ pub fn fuse_gguf(
                 .collect::<Vec<_>>()
                 .join(", ")),
         ),
-    ];
+    ]);
     let io = |e: std::io::Error| Error::io(out, e);
     let mut file = AtomicFile::create(out)?;
     {

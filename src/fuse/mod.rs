@@ -327,10 +327,9 @@ pub fn fuse(
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let mut meta = std::collections::BTreeMap::new();
     meta.insert("format".to_string(), "pt".to_string());
-    meta.insert(
-        "loraguard.version".to_string(),
-        env!("CARGO_PKG_VERSION").to_string(),
-    );
+    for (k, v) in crate::provenance::pairs() {
+        meta.insert(k.to_string(), v);
+    }
     meta.insert(
         "loraguard.fuse".to_string(),
         format!(

@@ -306,7 +306,10 @@ pub fn merge(
         });
     }
     let strs = |f: &dyn Fn(&AdapterRecord) -> String| adapters.iter().map(f).collect::<Vec<_>>();
-    header.set_str("loraguard.version", env!("CARGO_PKG_VERSION"))?;
+    header.remove_key(crate::provenance::COMMAND_KEY)?; // the base's own, if any
+    for (k, v) in crate::provenance::pairs() {
+        header.set_str(k, &v)?;
+    }
     header.set_str(
         "loraguard.merge.method",
         "W + sum(scale * alpha / rank * B * A)",

@@ -488,7 +488,9 @@ pub fn safe_lora(
         }
         Input::Peft(adapter) => {
             let mut meta = BTreeMap::new();
-            meta.insert("loraguard.version".into(), env!("CARGO_PKG_VERSION").into());
+            for (k, v) in crate::provenance::pairs() {
+                meta.insert(k.into(), v);
+            }
             meta.insert("loraguard.transform".into(), transform);
             meta.insert("loraguard.source.sha256".into(), adapter.sha256());
             match gguf_model.filter(|_| to_gguf) {

@@ -116,6 +116,9 @@ fn lora_metadata(src: &GgufFile, transform: &str) -> Result<Vec<(String, MetaVal
         if k == "general.alignment" {
             continue; // the writer uses its own alignment
         }
+        if k == crate::provenance::VERSION_KEY || k == crate::provenance::COMMAND_KEY {
+            continue; // this run's own, below
+        }
         if k == "loraguard.transforms" {
             if let Value::Array(a) = v {
                 transforms.extend(a.iter().filter_map(|x| x.as_str().map(String::from)));
@@ -162,6 +165,11 @@ fn lora_metadata(src: &GgufFile, transform: &str) -> Result<Vec<(String, MetaVal
     }
     transforms.push(transform.to_string());
     out.push(("loraguard.transforms".into(), MetaValue::ArrStr(transforms)));
+    out.extend(
+        crate::provenance::pairs()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), MetaValue::Str(v))),
+    );
     Ok(out)
 }
 
