@@ -10,11 +10,9 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
-
 use crate::check::report::{cell, CheckReport};
 use crate::error::{Error, Result};
-use crate::gguf::GgufFile;
+use crate::gguf::{GgufFile, MetaValue};
 use crate::provenance;
 
 /// What `card` is given besides the file.
@@ -103,13 +101,6 @@ fn base_model_id(file: &GgufFile, base: Option<&GgufFile>, given: Option<&str>) 
 
 fn yaml_str(s: &str) -> String {
     serde_json::to_string(s).expect("a string serializes")
-}
-
-fn value_text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        v => v.to_string(),
-    }
 }
 
 /// Write the card for `file`.
@@ -205,7 +196,7 @@ pub fn card(file: &Path, opts: &CardOptions) -> Result<Card> {
     }
 
     let command = g.get_str(provenance::COMMAND_KEY);
-    let provenance: Vec<(&String, &Value)> = g
+    let provenance: Vec<(&String, &MetaValue)> = g
         .metadata
         .iter()
         .filter(|(k, _)| k.starts_with("loraguard.") || k.starts_with("adapter."))
@@ -223,7 +214,7 @@ pub fn card(file: &Path, opts: &CardOptions) -> Result<Card> {
         }
         s.push_str("| key | value |\n|---|---|\n");
         for (k, v) in provenance {
-            let _ = writeln!(s, "| `{k}` | {} |", cell(&value_text(v), 200));
+            let _ = writeln!(s, "| `{k}` | {} |", cell(&v.to_string(), 200));
         }
     }
 

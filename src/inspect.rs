@@ -168,7 +168,7 @@ fn inspect_gguf(path: &Path, base: Option<&Path>) -> Result<Inspection> {
             || k.starts_with("adapter.")
             || k.starts_with("general.") && !k.starts_with("general.base_model")
         {
-            settings.insert(k.clone(), v.clone());
+            settings.insert(k.clone(), v.to_json());
         }
     }
     if !g.is_adapter() {
@@ -183,7 +183,7 @@ fn inspect_gguf(path: &Path, base: Option<&Path>) -> Result<Inspection> {
                 "context_length",
             ] {
                 if let Some(v) = g.metadata.get(&format!("{a}.{k}")) {
-                    settings.insert(k.into(), v.clone());
+                    settings.insert(k.into(), v.to_json());
                 }
             }
         }

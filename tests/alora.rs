@@ -40,7 +40,8 @@ fn alora_invocation_tokens_round_trip_into_llama_cpps_loader() {
     let g = GgufFile::open(&gguf).unwrap();
     assert_eq!(
         g.metadata.get("adapter.alora.invocation_tokens"),
-        Some(&serde_json::json!(TOKENS))
+        Some(&loraguard::gguf::MetaValue::u32s(TOKENS.to_vec())),
+        "kept as GGUF's u32 array, the type llama.cpp's loader reads"
     );
     let shown = loraguard::inspect::inspect(&gguf, None).unwrap();
     assert_eq!(

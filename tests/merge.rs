@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use loraguard::convert::OutType;
-use loraguard::gguf::{GgmlType, GgufFile};
+use loraguard::gguf::{GgmlType, GgufFile, MetaValue};
 use loraguard::merge::{merge, MergeInput, MergeOptions, MergeReport, MergeType};
 
 use crate::common::*;
@@ -115,12 +115,10 @@ fn untouched_tensors_and_metadata_survive_and_provenance_is_recorded() {
     let sha = loraguard::hash::sha256_hex(
         &std::fs::read(adapter.join("adapter_model.safetensors")).unwrap(),
     );
-    assert_eq!(get("loraguard.merge.sha256"), &serde_json::json!([sha]));
-    assert_eq!(get("loraguard.merge.scales"), &serde_json::json!(["1.5"]));
-    assert_eq!(
-        get("loraguard.merge.adapters"),
-        &serde_json::json!(["gqa-k-only"])
-    );
+    let strings = |v: &[&str]| MetaValue::strings(v.iter().map(|s| s.to_string()).collect());
+    assert_eq!(get("loraguard.merge.sha256"), &strings(&[&sha]));
+    assert_eq!(get("loraguard.merge.scales"), &strings(&["1.5"]));
+    assert_eq!(get("loraguard.merge.adapters"), &strings(&["gqa-k-only"]));
     // ggml's own reader agrees on every tensor and offset.
     let g = loraguard::llama::ggml::read_gguf(&out).unwrap();
     assert_eq!(g.tensors.len(), merged.tensors.len());

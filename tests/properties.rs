@@ -62,7 +62,7 @@ proptest! {
             ("general.architecture".to_string(), MetaValue::Str("llama".into())),
             ("test.name".to_string(), MetaValue::Str(text.clone())),
             ("test.n".to_string(), MetaValue::U32(n)),
-            ("test.list".to_string(), MetaValue::ArrStr(vec![text.clone(), name.clone()])),
+            ("test.list".to_string(), MetaValue::strings(vec![text.clone(), name.clone()])),
         ];
         let mut descs = Vec::new();
         let mut payloads = Vec::new();

@@ -4,9 +4,11 @@
 //! their type), the tensor table of all files in order, types changed with
 //! `gguf_set_tensor_type` (ggml recomputes the offsets).
 //!
-//! Why ggml and not gguf-rs: gguf-rs reads arrays only up to a cap and has
-//! no writer for arbitrary metadata; a copy of every GGUF value type here
-//! would be a hand-written duplicate of ggml's.
+//! Why ggml here: the merged header is the base's as llama.cpp's own tools
+//! would rewrite it, offsets recomputed by ggml when types change. (When
+//! this was written, the Rust reader was gguf-rs, which cut arrays at a cap;
+//! the format crate now reads every value typed and whole, so this could
+//! move there. It stays because merge needs ggml to quantize anyway.)
 
 use std::ffi::{CStr, CString};
 use std::path::Path;

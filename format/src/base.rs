@@ -62,10 +62,13 @@ impl BaseModel {
         let n_embd = need("embedding_length")?;
         let per_layer = |k: &str, default: Option<&Vec<usize>>| -> Result<Vec<usize>> {
             match gguf.metadata.get(&key(k)) {
-                Some(serde_json::Value::Array(a)) => a
-                    .iter()
-                    .map(|v| v.as_u64().and_then(|x| usize::try_from(x).ok()))
-                    .collect::<Option<Vec<_>>>()
+                Some(crate::gguf::MetaValue::Array(a)) => a
+                    .to_u64s()
+                    .and_then(|v| {
+                        v.into_iter()
+                            .map(|x| usize::try_from(x).ok())
+                            .collect::<Option<Vec<_>>>()
+                    })
                     .filter(|v| v.len() == n_layer)
                     .ok_or_else(|| {
                         Error::malformed(path, "GGUF", format!("invalid per-layer {}", key(k)))

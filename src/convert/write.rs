@@ -102,7 +102,7 @@ fn metadata(
     if let Some(tokens) = &adapter.config.alora_invocation_tokens {
         m.push((
             "adapter.alora.invocation_tokens".to_string(),
-            MetaValue::ArrU32(tokens.clone()),
+            MetaValue::u32s(tokens.clone()),
         ));
     }
     if let Some(b) = &adapter.config.base_model_name_or_path {
@@ -136,7 +136,7 @@ fn metadata(
     ));
     m.push((
         "loraguard.transforms".to_string(),
-        MetaValue::ArrStr(report.transforms.clone()),
+        MetaValue::strings(report.transforms.clone()),
     ));
     if let Some(t) = &report.truncation {
         if let Some(k) = t.max_rank {

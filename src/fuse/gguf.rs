@@ -228,7 +228,7 @@ pub fn fuse_gguf(
     meta.extend([
         (
             "loraguard.transforms".to_string(),
-            MetaValue::ArrStr(vec![format!("fuse_{}", opts.method.name())]),
+            MetaValue::strings(vec![format!("fuse_{}", opts.method.name())]),
         ),
         (
             "loraguard.fuse".to_string(),

@@ -15,9 +15,10 @@ use super::weights::read_at;
 use crate::atomic::{write_dir_atomic, AtomicFile};
 use crate::capped::read_capped;
 use crate::error::{Error, Result};
-use crate::gguf::{GgmlType, GgufFile, GgufWriter, MetaValue, TensorDesc, MAX_GGUF_ARRAY_ELEMENTS};
+use crate::gguf::{GgmlType, GgufFile, GgufWriter, MetaValue, TensorDesc};
 use crate::peft::write::F32Tensor;
 use crate::peft::{PeftAdapter, CONFIG_NAME, MAX_CONFIG_BYTES, SAFETENSORS_NAME};
+use crate::provenance;
 use crate::quant::{encode_into, fits_f16};
 
 /// An original tensor or a replacement.
@@ -90,6 +91,7 @@ pub fn write_peft_dir(
         .unwrap_or_default()
         .into_iter()
         .collect();
+    metadata.remove(provenance::COMMAND_KEY); // the source's; this run's is in `meta`
     metadata.extend(meta.iter().map(|(k, v)| (k.clone(), v.clone())));
     let bytes = crate::peft::write::serialize_sorted(
         tensors.iter().map(|(n, t)| (n.as_str(), t)),
@@ -104,73 +106,34 @@ pub fn write_peft_dir(
     write_dir_atomic(out, &[(CONFIG_NAME, &config), (SAFETENSORS_NAME, &bytes)])
 }
 
-/// The metadata of a GGUF LoRA rewritten: what llama.cpp reads keeps its
-/// type (alpha F32, invocation tokens u32); other keys are carried when they
-/// are strings, booleans, numbers or string arrays read whole; `transform`
-/// is appended to `loraguard.transforms`.
-fn lora_metadata(src: &GgufFile, transform: &str) -> Result<Vec<(String, MetaValue)>> {
-    use serde_json::Value;
+/// The metadata of a GGUF LoRA rewritten: every key carried with its own
+/// GGUF type, except the alignment (the writer's own) and the provenance
+/// keys (this run's); `transform` is appended to `loraguard.transforms`.
+fn lora_metadata(src: &GgufFile, transform: &str) -> Vec<(String, MetaValue)> {
     let mut out = Vec::new();
     let mut transforms = Vec::new();
     for (k, v) in &src.metadata {
-        if k == "general.alignment" {
-            continue; // the writer uses its own alignment
-        }
-        if k == crate::provenance::VERSION_KEY || k == crate::provenance::COMMAND_KEY {
-            continue; // this run's own, below
-        }
-        if k == "loraguard.transforms" {
-            if let Value::Array(a) = v {
-                transforms.extend(a.iter().filter_map(|x| x.as_str().map(String::from)));
-            }
-            continue;
-        }
-        let capped = |a: &Vec<Value>| a.len() as u64 >= MAX_GGUF_ARRAY_ELEMENTS;
-        let mv = match (k.as_str(), v) {
-            ("adapter.lora.alpha", v) => MetaValue::F32(v.as_f64().unwrap_or(0.0) as f32),
-            ("adapter.alora.invocation_tokens", Value::Array(a)) => {
-                if capped(a) {
-                    return Err(Error::Unsupported {
-                        path: src.path.clone(),
-                        feature: format!("{k} with {MAX_GGUF_ARRAY_ELEMENTS} or more tokens"),
-                        hint: None,
-                    });
+        match k.as_str() {
+            "general.alignment" | provenance::VERSION_KEY | provenance::COMMAND_KEY => {}
+            "loraguard.transforms" => {
+                if let Some(a) = v.as_array().and_then(|a| a.as_strs()) {
+                    transforms.extend(a.iter().cloned());
                 }
-                MetaValue::ArrU32(
-                    a.iter()
-                        .filter_map(|x| x.as_u64())
-                        .map(|x| x as u32)
-                        .collect(),
-                )
             }
-            (_, Value::String(s)) => MetaValue::Str(s.clone()),
-            (_, Value::Bool(b)) => MetaValue::Bool(*b),
-            (_, Value::Number(n)) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
-                (Some(u), _, _) if u <= u64::from(u32::MAX) => MetaValue::U32(u as u32),
-                (Some(u), _, _) => MetaValue::U64(u),
-                (_, Some(i), _) if i >= i64::from(i32::MIN) => MetaValue::I32(i as i32),
-                (_, _, Some(f)) => MetaValue::F32(f as f32),
-                _ => continue,
-            },
-            (_, Value::Array(a)) if !capped(a) && a.iter().all(|x| x.is_string()) => {
-                MetaValue::ArrStr(
-                    a.iter()
-                        .filter_map(|x| x.as_str().map(String::from))
-                        .collect(),
-                )
-            }
-            _ => continue,
-        };
-        out.push((k.clone(), mv));
+            _ => out.push((k.clone(), v.clone())),
+        }
     }
     transforms.push(transform.to_string());
-    out.push(("loraguard.transforms".into(), MetaValue::ArrStr(transforms)));
+    out.push((
+        "loraguard.transforms".into(),
+        MetaValue::strings(transforms),
+    ));
     out.extend(
-        crate::provenance::pairs()
+        provenance::pairs()
             .into_iter()
             .map(|(k, v)| (k.to_string(), MetaValue::Str(v))),
     );
-    Ok(out)
+    out
 }
 
 /// Write the GGUF LoRA `src` to `out` (atomically) with the `lora_b`
@@ -183,7 +146,7 @@ pub fn write_gguf_lora(
     transform: &str,
     out: &Path,
 ) -> Result<Vec<String>> {
-    let meta = lora_metadata(&src.file, transform)?;
+    let meta = lora_metadata(&src.file, transform);
     let mut descs = Vec::new();
     let mut payloads: Vec<Option<Vec<u8>>> = Vec::new();
     let mut changed = Vec::new();

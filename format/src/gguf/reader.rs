@@ -1,17 +1,13 @@
-//! Reading GGUF headers through gguf-rs, behind loraguard's own bounds checks.
+//! A GGUF file's header, parsed by [`super::scan`]: typed metadata and the
+//! tensor table, every tensor's type, size and range checked.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
-
 use super::types::GgmlType;
+use super::value::MetaValue;
 use crate::error::{Error, Result};
-
-/// Tokenizer arrays are read but only this many elements are kept (we never
-/// need the vocabulary itself, only its length via the embedding shape).
-pub const MAX_GGUF_ARRAY_ELEMENTS: u64 = 64;
 
 /// One tensor of a GGUF file.
 #[derive(Debug, Clone)]
@@ -31,7 +27,7 @@ pub struct GgufTensor {
 pub struct GgufFile {
     pub path: PathBuf,
     pub version: u32,
-    pub metadata: BTreeMap<String, Value>,
+    pub metadata: BTreeMap<String, MetaValue>,
     pub tensors: Vec<GgufTensor>,
     index: HashMap<String, usize>,
     pub file_size: u64,
@@ -49,44 +45,21 @@ impl GgufFile {
         if magic != super::GGUF_MAGIC {
             return Err(bad(format!("bad magic {magic:02x?}, not a GGUF file")));
         }
-        // Every length capped and every range checked before gguf-rs, which
-        // trusts them, reads the header.
         let scanned = super::scan::scan(&mut file, file_size).map_err(bad)?;
-        file.seek(SeekFrom::Start(4))
-            .map_err(|e| Error::io(path, e))?;
-        let mut container = gguf_rs::GGUFContainer::new(
-            gguf_rs::ByteOrder::LE,
-            Box::new(BufReader::with_capacity(1 << 20, file)),
-            MAX_GGUF_ARRAY_ELEMENTS,
-        );
-        let model = container
-            .decode()
-            .map_err(|e| bad(format!("header: {e}")))?;
-        let version = match model.get_version().as_str() {
-            "v1" => 1,
-            "v2" => 2,
-            _ => 3,
-        };
-        if version < 2 {
-            return Err(bad("GGUF v1 is not supported".into()));
-        }
         let data_offset = scanned.data_offset;
-        if model.tensors().len() != scanned.tensors.len() {
-            return Err(bad("tensor table read inconsistently".into()));
-        }
-        let mut tensors = Vec::with_capacity(model.tensors().len());
+        let mut tensors = Vec::with_capacity(scanned.tensors.len());
         let mut index = HashMap::new();
-        for t in model.tensors() {
-            let ty = GgmlType::from_id(t.kind).ok_or_else(|| {
+        for t in scanned.tensors {
+            let ty = GgmlType::from_id(t.type_id).ok_or_else(|| {
                 bad(format!(
                     "tensor {} has unknown ggml type id {}",
-                    t.name, t.kind
+                    t.name, t.type_id
                 ))
             })?;
-            let size = ty.tensor_bytes(&t.shape).ok_or_else(|| {
+            let size = ty.tensor_bytes(&t.ne).ok_or_else(|| {
                 bad(format!(
                     "tensor {} has a shape {:?} invalid for {ty}",
-                    t.name, t.shape
+                    t.name, t.ne
                 ))
             })?;
             let offset = data_offset
@@ -102,17 +75,17 @@ impl GgufFile {
                 return Err(bad(format!("tensor {} appears twice", t.name)));
             }
             tensors.push(GgufTensor {
-                name: t.name.clone(),
+                name: t.name,
                 ty,
-                ne: t.shape.clone(),
+                ne: t.ne,
                 offset,
                 size,
             });
         }
         Ok(GgufFile {
             path: path.to_path_buf(),
-            version,
-            metadata: model.metadata().clone(),
+            version: scanned.version,
+            metadata: scanned.metadata.into_iter().collect(),
             tensors,
             index,
             file_size,
@@ -124,19 +97,24 @@ impl GgufFile {
         self.index.get(name).map(|i| &self.tensors[*i])
     }
 
+    /// The metadata value `key`.
+    pub fn get(&self, key: &str) -> Option<&MetaValue> {
+        self.metadata.get(key)
+    }
+
     /// A string metadata value.
     pub fn get_str(&self, key: &str) -> Option<&str> {
-        self.metadata.get(key).and_then(Value::as_str)
+        self.get(key).and_then(MetaValue::as_str)
     }
 
-    /// An unsigned integer metadata value.
+    /// A non-negative integer metadata value, of any integer type.
     pub fn get_u64(&self, key: &str) -> Option<u64> {
-        self.metadata.get(key).and_then(Value::as_u64)
+        self.get(key).and_then(MetaValue::as_u64)
     }
 
-    /// A float metadata value.
+    /// A numeric metadata value, integer or float.
     pub fn get_f64(&self, key: &str) -> Option<f64> {
-        self.metadata.get(key).and_then(Value::as_f64)
+        self.get(key).and_then(MetaValue::as_f64)
     }
 
     /// `general.architecture`.

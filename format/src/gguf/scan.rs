@@ -1,14 +1,13 @@
-//! A bounded walk over a GGUF header, before gguf-rs parses it.
+//! loraguard's one GGUF header parser: metadata (typed) and tensor table.
 //!
-//! gguf-rs trusts the lengths it reads: a string or array length of 2⁶⁰
-//! becomes an allocation of that size, and tensor offsets are not checked
-//! against each other. Every length read here has a cap (a named constant
-//! saying where its number comes from), every read is bounded by the file,
-//! and the tensor table is checked as a whole: offsets aligned, data ranges
-//! inside the file and not overlapping. Only a header that passes is handed
-//! to gguf-rs.
+//! Every length read here has a cap (a named constant saying where its
+//! number comes from), every read is bounded by the header and the file
+//! before anything is allocated, and the tensor table is checked as a whole:
+//! offsets aligned, data ranges inside the file and not overlapping.
 
 use std::io::{BufReader, Read, Seek, SeekFrom};
+
+use super::value::{type_id as t, MetaArray, MetaValue};
 
 /// Largest header read (metadata and tensor table). Real headers are
 /// dominated by the tokenizer: Gemma 3's 262k-token vocabulary with scores
@@ -33,20 +32,44 @@ pub const MAX_DIMS: u32 = 4;
 /// is valid).
 pub const MAX_ALIGNMENT: u64 = 1 << 20;
 
-/// GGUF metadata value types.
-const TYPE_STRING: u32 = 8;
-const TYPE_ARRAY: u32 = 9;
-
 /// Byte size of a fixed-size GGUF value type, or None for string, array
 /// and unknown types.
 fn scalar_size(ty: u32) -> Option<u64> {
     Some(match ty {
-        0 | 1 | 7 => 1,
-        2 | 3 => 2,
-        4..=6 => 4,
-        10..=12 => 8,
+        t::U8 | t::I8 | t::BOOL => 1,
+        t::U16 | t::I16 => 2,
+        t::U32 | t::I32 | t::F32 => 4,
+        t::U64 | t::I64 | t::F64 => 8,
         _ => return None,
     })
+}
+
+/// A fixed-size value of type `ty` from its `scalar_size(ty)` bytes.
+fn scalar(ty: u32, b: &[u8]) -> Option<MetaValue> {
+    fn w<const N: usize>(b: &[u8]) -> Option<[u8; N]> {
+        b.get(..N)?.try_into().ok()
+    }
+    Some(match ty {
+        t::U8 => MetaValue::U8(*b.first()?),
+        t::I8 => MetaValue::I8(i8::from_le_bytes(w(b)?)),
+        t::BOOL => MetaValue::Bool(*b.first()? != 0),
+        t::U16 => MetaValue::U16(u16::from_le_bytes(w(b)?)),
+        t::I16 => MetaValue::I16(i16::from_le_bytes(w(b)?)),
+        t::U32 => MetaValue::U32(u32::from_le_bytes(w(b)?)),
+        t::I32 => MetaValue::I32(i32::from_le_bytes(w(b)?)),
+        t::F32 => MetaValue::F32(f32::from_le_bytes(w(b)?)),
+        t::U64 => MetaValue::U64(u64::from_le_bytes(w(b)?)),
+        t::I64 => MetaValue::I64(i64::from_le_bytes(w(b)?)),
+        t::F64 => MetaValue::F64(f64::from_le_bytes(w(b)?)),
+        _ => return None,
+    })
+}
+
+/// The `N`-byte elements of `b`, each converted by `f`.
+fn elements<T, const N: usize>(b: &[u8], f: fn([u8; N]) -> T) -> Vec<T> {
+    b.chunks_exact(N)
+        .map(|c| f(c.try_into().expect("N bytes")))
+        .collect()
 }
 
 /// One tensor's entry in the table.
@@ -63,6 +86,8 @@ pub struct ScannedTensor {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scanned {
     pub version: u32,
+    /// The metadata, typed, in file order.
+    pub metadata: Vec<(String, MetaValue)>,
     pub tensors: Vec<ScannedTensor>,
     pub alignment: u64,
     /// Absolute offset of the data section.
@@ -90,18 +115,6 @@ impl<R: Read> Cursor<R> {
         self.pos += n;
         Ok(v)
     }
-    fn skip(&mut self, n: u64, what: &str) -> Result<(), String> {
-        if n > self.limit.saturating_sub(self.pos) {
-            return Err(format!(
-                "{what} ({n} bytes at offset {}) runs past the end of the header or file",
-                self.pos
-            ));
-        }
-        std::io::copy(&mut (&mut self.r).take(n), &mut std::io::sink())
-            .map_err(|e| format!("reading {what} at offset {}: {e}", self.pos))?;
-        self.pos += n;
-        Ok(())
-    }
     fn u32(&mut self, what: &str) -> Result<u32, String> {
         let b = self.bytes(4, what)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -109,6 +122,55 @@ impl<R: Read> Cursor<R> {
     fn u64(&mut self, what: &str) -> Result<u64, String> {
         let b = self.bytes(8, what)?;
         Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+    /// An array value (after its type id): element type, count, elements;
+    /// every count capped, every byte bounded by the header before it is
+    /// allocated.
+    fn array(&mut self, key: &str, what: &str) -> Result<MetaArray, String> {
+        let ety = self.u32(what)?;
+        let n = self.u64(what)?;
+        if n > MAX_ARRAY_ELEMENTS {
+            return Err(format!(
+                "{key} holds {n} elements, above the cap of {MAX_ARRAY_ELEMENTS}"
+            ));
+        }
+        if ety == t::STRING {
+            // Each string takes at least its 8-byte length.
+            let room = self.limit.saturating_sub(self.pos) / 8;
+            let mut v = Vec::with_capacity(n.min(room) as usize);
+            for _ in 0..n {
+                let len = self.u64(what)?;
+                if len > MAX_STRING_BYTES {
+                    return Err(format!(
+                        "a string in {key} is {len} bytes long, above the cap of {MAX_STRING_BYTES}"
+                    ));
+                }
+                let b = self.bytes(len, what)?;
+                v.push(
+                    String::from_utf8(b).map_err(|_| format!("a string in {key} is not UTF-8"))?,
+                );
+            }
+            return Ok(MetaArray::Str(v));
+        }
+        let size = match (ety, scalar_size(ety)) {
+            (_, Some(size)) => size,
+            (t::ARRAY, _) => return Err(format!("{key} is an array of arrays")),
+            _ => return Err(format!("{key} has unknown array element type {ety}")),
+        };
+        let b = self.bytes(n * size, what)?;
+        Ok(match ety {
+            t::U8 => MetaArray::U8(b),
+            t::I8 => MetaArray::I8(b.iter().map(|&x| x as i8).collect()),
+            t::BOOL => MetaArray::Bool(b.iter().map(|&x| x != 0).collect()),
+            t::U16 => MetaArray::U16(elements(&b, u16::from_le_bytes)),
+            t::I16 => MetaArray::I16(elements(&b, i16::from_le_bytes)),
+            t::U32 => MetaArray::U32(elements(&b, u32::from_le_bytes)),
+            t::I32 => MetaArray::I32(elements(&b, i32::from_le_bytes)),
+            t::F32 => MetaArray::F32(elements(&b, f32::from_le_bytes)),
+            t::U64 => MetaArray::U64(elements(&b, u64::from_le_bytes)),
+            t::I64 => MetaArray::I64(elements(&b, i64::from_le_bytes)),
+            _ => MetaArray::F64(elements(&b, f64::from_le_bytes)),
+        })
     }
     /// A length-prefixed string of at most `cap` bytes.
     fn string(&mut self, cap: u64, what: &str) -> Result<String, String> {
@@ -150,61 +212,38 @@ pub fn scan<R: Read + Seek>(r: R, file_size: u64) -> Result<Scanned, String> {
         ));
     }
     let mut alignment = super::DEFAULT_ALIGNMENT;
+    let mut metadata = Vec::with_capacity(n_kv.min(1 << 10) as usize);
     let mut keys = std::collections::HashSet::new();
     for _ in 0..n_kv {
         let key = c.string(MAX_STRING_BYTES, "metadata key")?;
         let ty = c.u32("metadata type")?;
         let what = format!("value of {key}");
-        match ty {
-            TYPE_STRING => {
-                c.string(MAX_STRING_BYTES, &what)?;
-            }
-            TYPE_ARRAY => {
-                let ety = c.u32(&what)?;
-                let n = c.u64(&what)?;
-                if n > MAX_ARRAY_ELEMENTS {
-                    return Err(format!(
-                        "{key} holds {n} elements, above the cap of {MAX_ARRAY_ELEMENTS}"
-                    ));
-                }
-                match (ety, scalar_size(ety)) {
-                    (TYPE_STRING, _) => {
-                        for _ in 0..n {
-                            let len = c.u64(&what)?;
-                            if len > MAX_STRING_BYTES {
-                                return Err(format!(
-                                    "a string in {key} is {len} bytes long, above the cap of {MAX_STRING_BYTES}"
-                                ));
-                            }
-                            c.skip(len, &what)?;
-                        }
-                    }
-                    (_, Some(size)) => c.skip(n * size, &what)?,
-                    (TYPE_ARRAY, _) => return Err(format!("{key} is an array of arrays")),
-                    _ => return Err(format!("{key} has unknown array element type {ety}")),
-                }
-            }
+        let value = match ty {
+            t::STRING => MetaValue::Str(c.string(MAX_STRING_BYTES, &what)?),
+            t::ARRAY => MetaValue::Array(c.array(&key, &what)?),
             _ => {
                 let size = scalar_size(ty)
                     .ok_or_else(|| format!("{key} has unknown metadata type {ty}"))?;
                 let v = c.bytes(size, &what)?;
-                if key == "general.alignment" {
-                    if ty != 4 {
-                        return Err("general.alignment is not a u32".into());
-                    }
-                    let a = u64::from(u32::from_le_bytes([v[0], v[1], v[2], v[3]]));
-                    if a == 0 || !a.is_power_of_two() || a > MAX_ALIGNMENT {
-                        return Err(format!(
-                            "general.alignment {a} is not a power of two up to {MAX_ALIGNMENT}"
-                        ));
-                    }
-                    alignment = a;
-                }
+                scalar(ty, &v).ok_or_else(|| format!("{key} has unknown metadata type {ty}"))?
             }
+        };
+        if key == "general.alignment" {
+            let MetaValue::U32(a) = value else {
+                return Err("general.alignment is not a u32".into());
+            };
+            let a = u64::from(a);
+            if a == 0 || !a.is_power_of_two() || a > MAX_ALIGNMENT {
+                return Err(format!(
+                    "general.alignment {a} is not a power of two up to {MAX_ALIGNMENT}"
+                ));
+            }
+            alignment = a;
         }
         if !keys.insert(key.clone()) {
             return Err(format!("metadata key {key} appears twice"));
         }
+        metadata.push((key, value));
     }
     let mut tensors = Vec::with_capacity(n_tensors.min(1 << 12) as usize);
     for _ in 0..n_tensors {
@@ -237,6 +276,7 @@ pub fn scan<R: Read + Seek>(r: R, file_size: u64) -> Result<Scanned, String> {
     check_ranges(&tensors, data_offset, file_size)?;
     Ok(Scanned {
         version,
+        metadata,
         tensors,
         alignment,
         data_offset,
@@ -286,258 +326,5 @@ fn check_ranges(tensors: &[ScannedTensor], data_offset: u64, file_size: u64) -> 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A GGUF built byte by byte.
-    #[derive(Clone)]
-    struct Builder {
-        version: u32,
-        n_tensors: Option<u64>,
-        n_kv: Option<u64>,
-        kv: Vec<u8>,
-        kv_count: u64,
-        tensors: Vec<u8>,
-        tensor_count: u64,
-        data: u64,
-    }
-
-    impl Builder {
-        fn new() -> Self {
-            Builder {
-                version: 3,
-                n_tensors: None,
-                n_kv: None,
-                kv: Vec::new(),
-                kv_count: 0,
-                tensors: Vec::new(),
-                tensor_count: 0,
-                data: 0,
-            }
-        }
-        fn str(out: &mut Vec<u8>, s: &str) {
-            out.extend((s.len() as u64).to_le_bytes());
-            out.extend(s.as_bytes());
-        }
-        fn kv_str(mut self, k: &str, v: &str) -> Self {
-            Self::str(&mut self.kv, k);
-            self.kv.extend(TYPE_STRING.to_le_bytes());
-            Self::str(&mut self.kv, v);
-            self.kv_count += 1;
-            self
-        }
-        fn kv_u32(mut self, k: &str, v: u32) -> Self {
-            Self::str(&mut self.kv, k);
-            self.kv.extend(4u32.to_le_bytes());
-            self.kv.extend(v.to_le_bytes());
-            self.kv_count += 1;
-            self
-        }
-        fn kv_raw(mut self, bytes: &[u8]) -> Self {
-            self.kv.extend(bytes);
-            self.kv_count += 1;
-            self
-        }
-        /// An F32 tensor of `ne` at data offset `offset`.
-        fn tensor(mut self, name: &str, ne: &[u64], offset: u64) -> Self {
-            Self::str(&mut self.tensors, name);
-            self.tensors.extend((ne.len() as u32).to_le_bytes());
-            for d in ne {
-                self.tensors.extend(d.to_le_bytes());
-            }
-            self.tensors.extend(0u32.to_le_bytes());
-            self.tensors.extend(offset.to_le_bytes());
-            self.tensor_count += 1;
-            self
-        }
-        fn data(mut self, bytes: u64) -> Self {
-            self.data = bytes;
-            self
-        }
-        fn bytes(&self) -> Vec<u8> {
-            let mut out = b"GGUF".to_vec();
-            out.extend(self.version.to_le_bytes());
-            out.extend(self.n_tensors.unwrap_or(self.tensor_count).to_le_bytes());
-            out.extend(self.n_kv.unwrap_or(self.kv_count).to_le_bytes());
-            out.extend(&self.kv);
-            out.extend(&self.tensors);
-            while out.len() % 32 != 0 {
-                out.push(0);
-            }
-            out.extend(std::iter::repeat_n(0u8, self.data as usize));
-            out
-        }
-        fn scan(&self) -> Result<Scanned, String> {
-            let b = self.bytes();
-            scan(std::io::Cursor::new(&b), b.len() as u64)
-        }
-    }
-
-    fn fails(b: &Builder, needle: &str) {
-        match b.scan() {
-            Ok(s) => panic!("accepted: {s:?}"),
-            Err(e) => assert!(e.contains(needle), "{e:?} does not say {needle:?}"),
-        }
-    }
-
-    #[test]
-    fn a_well_formed_header_passes() {
-        let s = Builder::new()
-            .kv_str("general.architecture", "llama")
-            .kv_u32("general.alignment", 64)
-            .tensor("a", &[4, 2], 0)
-            .tensor("b", &[16], 64)
-            .data(128)
-            .scan()
-            .unwrap();
-        assert_eq!(s.alignment, 64);
-        assert_eq!(s.tensors.len(), 2);
-        assert_eq!(s.tensors[1].ne, vec![16]);
-        assert_eq!(s.data_offset % 64, 0);
-    }
-
-    #[test]
-    fn counts_above_their_caps_are_refused_before_anything_is_allocated() {
-        let mut b = Builder::new();
-        b.n_tensors = Some(u64::MAX);
-        fails(&b, "above the cap");
-        let mut b = Builder::new();
-        b.n_kv = Some(MAX_KV + 1);
-        fails(&b, "above the cap");
-        // A declared count the file cannot hold runs out of bytes.
-        let mut b = Builder::new();
-        b.n_kv = Some(1000);
-        fails(&b, "runs past the end");
-    }
-
-    #[test]
-    fn string_and_array_lengths_are_capped() {
-        let mut huge = Vec::new();
-        huge.extend(u64::MAX.to_le_bytes());
-        fails(
-            &Builder::new().kv_raw(&huge),
-            "metadata key is 18446744073709551615 bytes long",
-        );
-        // A value string longer than the file.
-        let mut v = Vec::new();
-        Builder::str(&mut v, "k");
-        v.extend(TYPE_STRING.to_le_bytes());
-        v.extend((1u64 << 20).to_le_bytes());
-        fails(&Builder::new().kv_raw(&v), "runs past the end");
-        // Arrays: too many elements, arrays of arrays, unknown types.
-        let array = |ety: u32, n: u64| {
-            let mut v = Vec::new();
-            Builder::str(&mut v, "tokenizer.ggml.tokens");
-            v.extend(TYPE_ARRAY.to_le_bytes());
-            v.extend(ety.to_le_bytes());
-            v.extend(n.to_le_bytes());
-            v
-        };
-        fails(
-            &Builder::new().kv_raw(&array(TYPE_STRING, MAX_ARRAY_ELEMENTS + 1)),
-            "above the cap",
-        );
-        fails(
-            &Builder::new().kv_raw(&array(TYPE_ARRAY, 1)),
-            "array of arrays",
-        );
-        fails(
-            &Builder::new().kv_raw(&array(99, 1)),
-            "unknown array element type",
-        );
-        fails(
-            &Builder::new().kv_raw(&array(6, 1 << 20)),
-            "runs past the end",
-        );
-        let mut s = array(TYPE_STRING, 1);
-        s.extend((MAX_STRING_BYTES + 1).to_le_bytes());
-        fails(&Builder::new().kv_raw(&s), "above the cap");
-        // Tensor names beyond ggml's limit.
-        fails(
-            &Builder::new().tensor(&"x".repeat(64), &[4], 0).data(32),
-            "above the cap of 63",
-        );
-    }
-
-    #[test]
-    fn tensor_shapes_and_data_ranges_are_checked() {
-        fails(
-            &Builder::new().tensor("t", &[1, 1, 1, 1, 1], 0).data(32),
-            "5 dimensions",
-        );
-        fails(&Builder::new().tensor("t", &[], 0), "0 dimensions");
-        // Element count overflowing u64.
-        fails(
-            &Builder::new().tensor("t", &[u64::MAX, 2], 0),
-            "invalid for F32",
-        );
-        // Data beyond the file, and more data declared than the file holds.
-        fails(
-            &Builder::new().tensor("t", &[64], 0).data(128),
-            "runs past the end",
-        );
-        fails(
-            &Builder::new().tensor("t", &[8], u64::MAX - 31).data(64),
-            "runs past the end",
-        );
-        // Overlapping tensors, in either order.
-        let b = Builder::new()
-            .tensor("a", &[16], 0)
-            .tensor("b", &[16], 32)
-            .data(128);
-        fails(&b, "overlap");
-        let b = Builder::new()
-            .tensor("b", &[16], 32)
-            .tensor("a", &[16], 0)
-            .data(128);
-        fails(&b, "overlap");
-    }
-
-    #[test]
-    fn alignment_and_offsets_are_checked() {
-        fails(
-            &Builder::new().kv_u32("general.alignment", 3),
-            "not a power of two",
-        );
-        fails(
-            &Builder::new().kv_u32("general.alignment", 0),
-            "not a power of two",
-        );
-        fails(
-            &Builder::new().kv_u32("general.alignment", 1 << 30),
-            "not a power of two",
-        );
-        fails(
-            &Builder::new().tensor("t", &[4], 8).data(64),
-            "not a multiple of the alignment 32",
-        );
-    }
-
-    #[test]
-    fn versions_keys_and_types_are_checked() {
-        let mut b = Builder::new();
-        b.version = 1;
-        fails(&b, "version 1");
-        b.version = 4;
-        fails(&b, "version 4");
-        let dup = Builder::new().kv_u32("k", 1).kv_u32("k", 2);
-        fails(&dup, "appears twice");
-        let mut v = Vec::new();
-        Builder::str(&mut v, "k");
-        v.extend(77u32.to_le_bytes());
-        fails(&Builder::new().kv_raw(&v), "unknown metadata type 77");
-        // Truncated anywhere: every prefix of a good file is refused, never
-        // a panic.
-        let good = Builder::new()
-            .kv_str("general.architecture", "llama")
-            .tensor("a", &[8], 0)
-            .data(32)
-            .bytes();
-        for n in 0..good.len() - 1 {
-            assert!(
-                scan(std::io::Cursor::new(&good[..n]), n as u64).is_err(),
-                "prefix {n}"
-            );
-        }
-    }
-}
+#[path = "scan_tests.rs"]
+mod tests;

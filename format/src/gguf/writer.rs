@@ -4,34 +4,8 @@
 use std::io::Write;
 
 use super::types::GgmlType;
+use super::value::{put_str, MetaValue};
 use super::{DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUF_VERSION};
-
-/// A metadata value.
-#[derive(Debug, Clone, PartialEq)]
-pub enum MetaValue {
-    U32(u32),
-    I32(i32),
-    F32(f32),
-    U64(u64),
-    Bool(bool),
-    Str(String),
-    ArrU32(Vec<u32>),
-    ArrStr(Vec<String>),
-}
-
-impl MetaValue {
-    fn type_id(&self) -> u32 {
-        match self {
-            MetaValue::U32(_) => 4,
-            MetaValue::I32(_) => 5,
-            MetaValue::F32(_) => 6,
-            MetaValue::Bool(_) => 7,
-            MetaValue::Str(_) => 8,
-            MetaValue::ArrU32(_) | MetaValue::ArrStr(_) => 9,
-            MetaValue::U64(_) => 10,
-        }
-    }
-}
 
 /// A tensor to be written: its name, type and ggml `ne`.
 #[derive(Debug, Clone)]
@@ -87,7 +61,7 @@ impl<W: Write> GgufWriter<W> {
             if matches!(value, MetaValue::Str(_)) {
                 string_offsets.push((key.clone(), head.len() as u64 + 8));
             }
-            put_value(&mut head, value);
+            value.encode(&mut head);
         }
         let mut offset = 0u64;
         for t in &tensors {
@@ -167,35 +141,5 @@ impl<W: Write> GgufWriter<W> {
         }
         self.out.flush()?;
         Ok(self.out)
-    }
-}
-
-fn put_str(buf: &mut Vec<u8>, s: &str) {
-    buf.extend_from_slice(&(s.len() as u64).to_le_bytes());
-    buf.extend_from_slice(s.as_bytes());
-}
-
-fn put_value(buf: &mut Vec<u8>, v: &MetaValue) {
-    match v {
-        MetaValue::U32(x) => buf.extend_from_slice(&x.to_le_bytes()),
-        MetaValue::I32(x) => buf.extend_from_slice(&x.to_le_bytes()),
-        MetaValue::F32(x) => buf.extend_from_slice(&x.to_le_bytes()),
-        MetaValue::U64(x) => buf.extend_from_slice(&x.to_le_bytes()),
-        MetaValue::Bool(x) => buf.push(u8::from(*x)),
-        MetaValue::Str(s) => put_str(buf, s),
-        MetaValue::ArrU32(a) => {
-            buf.extend_from_slice(&4u32.to_le_bytes());
-            buf.extend_from_slice(&(a.len() as u64).to_le_bytes());
-            for x in a {
-                buf.extend_from_slice(&x.to_le_bytes());
-            }
-        }
-        MetaValue::ArrStr(a) => {
-            buf.extend_from_slice(&8u32.to_le_bytes());
-            buf.extend_from_slice(&(a.len() as u64).to_le_bytes());
-            for s in a {
-                put_str(buf, s);
-            }
-        }
     }
 }
