@@ -196,7 +196,7 @@ pub fn analyze(
     };
     // Analysis reads the LoRA pairs only: tensors outside them
     // (`modules_to_save`) do not stop it, and nothing is written.
-    let open = |p: &Path| AdapterSource::open_for(p, via, true).map(|(s, _)| s);
+    let open = |p: &Path| AdapterSource::open_for(p, via, true, None).map(|(s, _)| s);
     let src = open(adapter)?;
     let other = opts.against.as_deref().map(open).transpose()?;
     let base = match &opts.base {

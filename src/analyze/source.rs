@@ -83,17 +83,23 @@ impl AdapterSource {
     /// its modules carry GGUF names and layout.
     /// A PEFT adapter with tensors outside LoRA pairs (`modules_to_save`)
     /// is refused, as `convert` refuses it.
+    /// The conversion goes to the system's temp directory; commands that
+    /// write a file use [`AdapterSource::open_for`] to keep it beside theirs.
     pub fn open(path: &Path, convert_with: Option<&Path>) -> Result<Self> {
-        Ok(Self::open_for(path, convert_with, false)?.0)
+        Ok(Self::open_for(path, convert_with, false, None)?.0)
     }
 
     /// [`AdapterSource::open`], leaving out (with `drop_unsupported`) the
-    /// PEFT tensors outside LoRA pairs instead of refusing them; returns
-    /// the names of those left out.
+    /// PEFT tensors outside LoRA pairs instead of refusing them, and, with
+    /// `scratch_for`, converting in a scratch directory beside that output
+    /// file (the project's rule for scratch: same filesystem, swept when
+    /// stale) instead of the system's temp directory. Returns the names of
+    /// the tensors left out.
     pub fn open_for(
         path: &Path,
         convert_with: Option<&Path>,
         drop_unsupported: bool,
+        scratch_for: Option<&Path>,
     ) -> Result<(Self, Vec<String>)> {
         if crate::peft::looks_like_peft(path) {
             let Some(base) = convert_with else {
@@ -104,7 +110,10 @@ impl AdapterSource {
                 let dropped = a.unsupported.iter().map(|t| t.name.clone()).collect();
                 return Ok((AdapterSource::Peft(a), dropped));
             };
-            let tmp = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+            let tmp = match scratch_for {
+                Some(out) => crate::atomic::scratch_dir(out)?,
+                None => tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?,
+            };
             let out = tmp.path().join("adapter.gguf");
             let opts = crate::convert::ConvertOptions {
                 drop_unsupported,

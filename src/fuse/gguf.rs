@@ -76,7 +76,7 @@ pub fn fuse_gguf(
         .ok_or_else(|| Error::malformed(base, "GGUF", "no general.architecture"))?;
     let sources: Vec<AdapterSource> = inputs
         .iter()
-        .map(|i| AdapterSource::open(&i.path, Some(base)))
+        .map(|i| Ok(AdapterSource::open_for(&i.path, Some(base), false, Some(out))?.0))
         .collect::<Result<_>>()?;
     for (s, i) in sources.iter().zip(inputs) {
         refuse_alora(s.is_alora(), &i.path, "fuse")?;

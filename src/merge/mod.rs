@@ -13,7 +13,9 @@
 pub mod measure;
 mod pipeline;
 mod shards;
+mod targets;
 mod tensor;
+mod types;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,35 +29,14 @@ use crate::error::{Error, Result};
 use crate::gguf::GgmlType;
 use pipeline::Piece;
 pub use shards::{Shards, SPLIT_KEYS};
+use targets::plan;
 use tensor::{merge_tensor, Kept, Update};
+use types::out_type;
+pub use types::{MergeType, MERGE_TYPES};
 
 /// One adapter and its scale, parsed from `PATH[:SCALE]` as `check --lora`
 /// is.
 pub type MergeInput = crate::check::AdapterSpec;
-
-/// The type merged tensors are written in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MergeType {
-    /// Each tensor keeps its base type.
-    Same,
-    /// Every merged tensor becomes this type.
-    To(GgmlType),
-}
-
-/// The types `--type` accepts besides `same`: those loraguard writes.
-pub const MERGE_TYPES: &[GgmlType] = crate::quant::WRITABLE;
-
-impl MergeType {
-    /// Parse `same` or a type name (`f16`, `q4_k`, …).
-    pub fn parse(s: &str) -> Option<Self> {
-        if s.eq_ignore_ascii_case("same") {
-            return Some(MergeType::Same);
-        }
-        GgmlType::from_name(s)
-            .filter(|t| MERGE_TYPES.contains(t))
-            .map(MergeType::To)
-    }
-}
 
 /// Below this fraction of the adapters' update kept by the written types,
 /// `merge` refuses unless told to write anyway ([`MergeOptions::min_kept`]).
@@ -133,17 +114,6 @@ pub struct MergeReport {
     pub measure: Option<measure::MergeCost>,
 }
 
-/// The type a merged tensor is written in, and the reason for a fallback
-/// (llama-quantize's rule, [`crate::quant::writable_type`]).
-fn out_type(base: GgmlType, requested: MergeType, cols: u64) -> (GgmlType, Option<String>) {
-    let want = match requested {
-        MergeType::Same => base,
-        MergeType::To(t) => t,
-    };
-    let (got, why) = crate::quant::writable_type(want, cols);
-    (got, why.map(|w| format!("{w}; wrote {got}")))
-}
-
 /// sha256 of an adapter: of the GGUF file, or of a PEFT directory's
 /// `adapter_model.safetensors`.
 fn adapter_sha256(path: &Path) -> Result<String> {
@@ -154,69 +124,6 @@ fn adapter_sha256(path: &Path) -> Result<String> {
     };
     let map = crate::mmap::map_file(&file)?;
     Ok(crate::hash::sha256_hex(&map))
-}
-
-/// The rows×cols of `module`'s update in a GGUF adapter, from its header.
-fn update_shape(src: &AdapterSource, module: &str) -> Option<(u64, u64)> {
-    let AdapterSource::Gguf { file, .. } = src else {
-        return None;
-    };
-    let a = file.tensor(&format!("{module}.lora_a"))?;
-    let b = file.tensor(&format!("{module}.lora_b"))?;
-    let [ne0, ne1] = crate::layout::PairShape::read(module, &a.ne, &b.ne)?.base_ne();
-    Some((ne1, ne0))
-}
-
-/// Check every adapter against the base before anything is written; return
-/// base tensor name → the adapters (indices) that touch it.
-fn plan(
-    shards: &Shards,
-    base: &BaseModel,
-    sources: &[AdapterSource],
-) -> Result<BTreeMap<String, Vec<usize>>> {
-    let arch = base.arch.name;
-    let mut targets: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for (i, src) in sources.iter().enumerate() {
-        let AdapterSource::Gguf { file, .. } = src else {
-            return Err(Error::Internal("adapters are opened in GGUF layout".into()));
-        };
-        if file.architecture() != Some(arch) {
-            return Err(Error::Usage(format!(
-                "{} is a LoRA for {:?}, the base {} is {arch:?}",
-                file.path.display(),
-                file.architecture().unwrap_or("an unknown architecture"),
-                base.path().display()
-            )));
-        }
-        let mut problems = Vec::new();
-        for m in src.modules() {
-            match (shards.tensor(&m), update_shape(src, &m)) {
-                (None, _) => problems.push(format!("{m}: the base has no such tensor")),
-                (Some(_), None) => problems.push(format!("{m}: lora_a/lora_b missing or not 2-D")),
-                (Some((_, t)), Some((rows, cols))) => {
-                    let base_rows: u64 = t.ne[1..].iter().product();
-                    if t.ne.len() > 2 && t.ne[2..].iter().any(|d| *d != 1) {
-                        problems.push(format!("{m}: {}-D base tensors are not merged", t.ne.len()));
-                    } else if (rows, cols) != (base_rows, t.ne[0]) {
-                        problems.push(format!(
-                            "{m}: the update is {rows}×{cols}, the base tensor {base_rows}×{}",
-                            t.ne[0]
-                        ));
-                    } else {
-                        targets.entry(m).or_default().push(i);
-                    }
-                }
-            }
-        }
-        if !problems.is_empty() {
-            return Err(Error::Mismatch {
-                adapter: file.path.clone(),
-                base: base.path().to_path_buf(),
-                problems,
-            });
-        }
-    }
-    Ok(targets)
 }
 
 /// The f32 update of `module` from adapter `src`, every scale folded into B.
@@ -262,7 +169,8 @@ pub fn merge(
     let mut dropped = Vec::new();
     let mut sources: Vec<AdapterSource> = Vec::new();
     for i in inputs {
-        let (s, d) = AdapterSource::open_for(&i.path, Some(model), opts.drop_unsupported)?;
+        let (s, d) =
+            AdapterSource::open_for(&i.path, Some(model), opts.drop_unsupported, Some(out))?;
         crate::analyze::source::refuse_alora(s.is_alora(), &i.path, "merge")?;
         dropped.extend(d.into_iter().map(|t| format!("{}: {t}", i.path.display())));
         sources.push(s);
@@ -439,37 +347,4 @@ pub fn merge(
         dropped,
         measure: None,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn types_parse_and_fall_back() {
-        assert_eq!(MergeType::parse("same"), Some(MergeType::Same));
-        assert_eq!(
-            MergeType::parse("q4_k"),
-            Some(MergeType::To(GgmlType::Q4_K))
-        );
-        assert_eq!(MergeType::parse("iq2_xxs"), None);
-        assert_eq!(
-            out_type(GgmlType::Q4_1, MergeType::Same, 576),
-            (GgmlType::Q4_1, None)
-        );
-        let (t, why) = out_type(GgmlType::Q4_1, MergeType::To(GgmlType::Q4_K), 576);
-        assert_eq!(t, GgmlType::Q5_0);
-        assert!(why.unwrap().contains("not whole blocks of Q4_K"));
-        let (t, why) = out_type(GgmlType::IQ2_XXS, MergeType::Same, 2048);
-        assert_eq!(t, GgmlType::Q8_0);
-        assert!(why.unwrap().contains("importance matrix"));
-        assert_eq!(
-            out_type(GgmlType::F32, MergeType::Same, 31).0,
-            GgmlType::F32
-        );
-        assert_eq!(
-            out_type(GgmlType::Q8_0, MergeType::Same, 48).0,
-            GgmlType::F16
-        );
-    }
 }

@@ -14,7 +14,10 @@
 //! models as stored). Both give the same result: llama's Q/K row permutation
 //! P is orthogonal, so P·C·Pᵀ·P·B = P·(C·B) and the cosines agree.
 
+mod checkpoint;
 pub mod input;
+mod models;
+mod module;
 pub mod output;
 pub mod project;
 pub mod weights;
@@ -22,19 +25,17 @@ pub mod weights;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
 use regex::Regex;
 use serde::Serialize;
 
-use crate::base::BaseModel;
 use crate::convert::{convert, ConvertOptions, ConvertReport};
 use crate::error::{Error, Result};
-use crate::gguf::GgmlType;
-use crate::peft::{PairKind, PeftAdapter};
-use input::{GgufLora, Input, Module};
-use project::{selected, selection_threshold as threshold, similarity, Alignment};
-use weights::{GgufPlace, Op, Scratch, Weights};
+use input::{Input, Module};
+use models::{gguf_input_models, gguf_places, open_models};
+use module::{compute, Computed};
+use project::{selected, selection_threshold as threshold};
+use weights::{Scratch, Weights};
 
 /// Which modules are projected.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -114,187 +115,6 @@ pub struct SafeLoraReport {
     pub convert: Option<ConvertReport>,
 }
 
-/// One module's computed projection, before selection.
-struct Computed {
-    result: ModuleResult,
-    projected_b: Array2<f32>,
-    b_name: String,
-}
-
-fn open_models(opts: &SafeLoraOptions) -> Result<(Weights, Weights)> {
-    let base = Weights::open(&opts.base)?;
-    if matches!(base, Weights::Peft(_)) {
-        return Err(Error::Usage(format!(
-            "--base {} is a PEFT adapter; the base must be model weights (GGUF or safetensors)",
-            opts.base.display()
-        )));
-    }
-    let aligned = Weights::open(&opts.aligned)?;
-    Ok((base, aligned))
-}
-
-/// Where each adapter module lies in the GGUF model among base and aligned,
-/// through convert's plan (names, fused row blocks, Q/K permutation).
-fn gguf_places(
-    adapter: &PeftAdapter,
-    base: &Weights,
-    aligned: &Weights,
-) -> Result<(Option<PathBuf>, HashMap<String, GgufPlace>)> {
-    let ggufs: Vec<&Weights> = [base, aligned]
-        .into_iter()
-        .filter(|w| matches!(w, Weights::Gguf { .. }))
-        .collect();
-    let Some(first) = ggufs.first() else {
-        return Ok((None, HashMap::new()));
-    };
-    let model = BaseModel::open(first.path())?;
-    if let [Weights::Gguf { file: a, .. }, Weights::Gguf { file: b, .. }] = ggufs.as_slice() {
-        if a.architecture() != b.architecture() {
-            return Err(Error::Usage(format!(
-                "base {} is {:?} but aligned {} is {:?}",
-                a.path.display(),
-                a.architecture(),
-                b.path.display(),
-                b.architecture()
-            )));
-        }
-    }
-    let plan = crate::convert::plan(adapter, &model, true)?;
-    let mut places = HashMap::new();
-    for t in &plan.targets {
-        for p in &t.parts {
-            let pair = &adapter.pairs[p.pair];
-            places.insert(
-                pair.module.clone(),
-                GgufPlace {
-                    tensor: t.tensor.clone(),
-                    row_offset: p.row_offset,
-                    rows: pair.d_out(),
-                    permute_heads: p.permute_heads,
-                },
-            );
-        }
-    }
-    Ok((Some(first.path().to_path_buf()), places))
-}
-
-/// ‖W − deq(quant_ty(W))‖_F for the row-major weight `data` (rows of `cols`).
-fn quantization_error(data: &[f32], cols: usize, ty: GgmlType) -> Result<f64> {
-    let q = loraguard_llama::ggml::quantize(ty.id(), data, cols)?;
-    let back = loraguard_llama::ggml::dequantize(ty.id(), &q, data.len())?;
-    let err: f64 = data
-        .iter()
-        .zip(&back)
-        .map(|(a, b)| f64::from(a - b).powi(2))
-        .sum();
-    Ok(err.sqrt())
-}
-
-/// Compute one module: V, the projected B, the similarity.
-fn compute(
-    input: &Input,
-    module: &Module,
-    base: &Weights,
-    aligned: &Weights,
-    opts: &SafeLoraOptions,
-    scratch: &mut Scratch,
-) -> Result<Computed> {
-    let m = &module.name;
-    let place = module.place.as_ref();
-    let (d_out, d_in) = (module.d_out, module.d_in);
-    let missing = |w: &Weights| {
-        Error::Usage(format!(
-            "module {m} is missing from the {} {}",
-            w.kind(),
-            w.path().display()
-        ))
-    };
-    let shape_err = |w: &Weights, got: (usize, usize)| Error::Shape {
-        path: w.path().to_path_buf(),
-        tensor: m.clone(),
-        reason: format!(
-            "is {}×{}, the adapter's update is {d_out}×{d_in}",
-            got.0, got.1
-        ),
-    };
-    let mut noise = None;
-    let lr;
-    let v = match aligned {
-        Weights::Peft(_) => {
-            lr = aligned.low_rank(m)?.ok_or_else(|| missing(aligned))?;
-            Alignment::LowRank(lr)
-        }
-        _ => {
-            let got = aligned
-                .apply_into(m, module.kind, place, scratch, Op::Set)?
-                .ok_or_else(|| missing(aligned))?;
-            if got != (d_out, d_in) {
-                return Err(shape_err(aligned, got));
-            }
-            let quantized = base.gguf_type(place).filter(|t| !t.is_float());
-            let aligned_float = aligned.gguf_type(place).is_none_or(|t| t.is_float());
-            if let (Some(ty), true, PairKind::Linear) = (quantized, aligned_float, module.kind) {
-                noise = Some(quantization_error(scratch.v(), d_in, ty)?);
-            }
-            // A base of another shape leaves V untouched and is refused here.
-            let got = base
-                .apply_into(m, module.kind, place, scratch, Op::Subtract)?
-                .ok_or_else(|| missing(base))?;
-            if got != (d_out, d_in) {
-                return Err(shape_err(base, got));
-            }
-            Alignment::Dense(
-                ArrayView2::from_shape((d_out, d_in), scratch.v()).expect("shape checked"),
-            )
-        }
-    };
-    if v.shape() != (d_out, d_in) {
-        return Err(shape_err(aligned, v.shape()));
-    }
-    let norm = v.norm();
-    if !norm.is_finite() {
-        return Err(Error::Usage(format!(
-            "module {m}: the aligned or base weights hold NaN or Inf"
-        )));
-    }
-    if norm == 0.0 {
-        return Err(Error::Usage(format!(
-            "module {m}: the aligned and base weights are identical (V = 0), so there is no \
-             alignment direction to project onto"
-        )));
-    }
-    let (b, a) = input.factors(module)?;
-    if b.iter().chain(a.iter()).any(|x| !x.is_finite()) {
-        return Err(Error::NonFinite {
-            path: input.path(),
-            tensor: module.b_tensor.clone(),
-            count: b.iter().chain(a.iter()).filter(|x| !x.is_finite()).count(),
-        });
-    }
-    let p = match opts.projection {
-        Projection::Paper => v.paper_projection(&b, norm),
-        Projection::Exact(k) => {
-            let u = v.top_left(k, opts.seed)?;
-            u.dot(&u.t().dot(&b))
-        }
-    };
-    let (cos, np, nb) = similarity(&p, &b, a.view());
-    let s = module.scale.abs();
-    Ok(Computed {
-        result: ModuleResult {
-            module: m.clone(),
-            similarity: cos,
-            projected: false,
-            norm_before: s * nb,
-            norm_after: s * np,
-            alignment_norm: norm,
-            quantization_noise: noise.map(|e| e / norm),
-        },
-        projected_b: p.mapv(|x| x as f32),
-        b_name: module.b_tensor.clone(),
-    })
-}
-
 /// One error for many modules: an internal failure as itself; bad inputs
 /// grouped by what went wrong, e.g. "14 modules: … (e.g. model.layers.0…)".
 fn grouped(mut problems: Vec<(String, Error)>) -> Error {
@@ -322,31 +142,6 @@ fn grouped(mut problems: Vec<(String, Error)>) -> Error {
         })
         .collect();
     Error::Usage(lines.join("\n"))
-}
-
-/// A GGUF LoRA is in GGUF layout: V must come from GGUF models of the
-/// adapter's architecture.
-fn gguf_input_models(lora: &GgufLora, base: &Weights, aligned: &Weights) -> Result<()> {
-    let arch = lora.file.architecture();
-    for (w, role) in [(base, "--base"), (aligned, "--aligned")] {
-        let Weights::Gguf { file, .. } = w else {
-            return Err(Error::Usage(format!(
-                "{role} {}: a GGUF LoRA is in GGUF layout, so base and aligned must be GGUF \
-                 models too (or project the PEFT adapter, which takes any weights)",
-                w.path().display()
-            )));
-        };
-        if file.architecture() != arch {
-            return Err(Error::Usage(format!(
-                "{role} {} is {:?}, the adapter {} is for {:?}",
-                file.path.display(),
-                file.architecture(),
-                lora.file.path.display(),
-                arch
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// Project `adapter` and write the result to `out`. A PEFT adapter becomes

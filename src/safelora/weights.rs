@@ -13,24 +13,18 @@
 //! (llama Q/K) are put back, fused GGUF tensors (phi3) give their row block,
 //! and embeddings (stored vocab×width) are transposed.
 
-use std::collections::HashMap;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ndarray::Array2;
-use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors};
 
+pub use super::checkpoint::HfCheckpoint;
 use crate::arch::permuted_source_row;
-use crate::capped::read_text;
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufFile, GgufTensor};
 use crate::linalg::LowRank;
 use crate::matrix::{decode_into, SourceDtype};
 use crate::peft::{PairKind, PeftAdapter};
-
-/// Largest shard index read.
-const MAX_INDEX: u64 = 64 << 20;
-const INDEX_NAME: &str = "model.safetensors.index.json";
 
 /// Where one adapter module's weight lies in a GGUF model (from the convert plan).
 #[derive(Debug, Clone, PartialEq)]
@@ -39,24 +33,6 @@ pub struct GgufPlace {
     pub row_offset: usize,
     pub rows: usize,
     pub permute_heads: Option<usize>,
-}
-
-/// One tensor of a safetensors shard.
-#[derive(Debug, Clone)]
-struct Entry {
-    shard: usize,
-    dtype: SourceDtype,
-    shape: Vec<usize>,
-    start: u64,
-    end: u64,
-}
-
-/// A Hugging Face safetensors checkpoint.
-#[derive(Debug)]
-pub struct HfCheckpoint {
-    pub path: PathBuf,
-    shards: Vec<(PathBuf, File)>,
-    tensors: HashMap<String, Entry>,
 }
 
 /// A source of full weights.
@@ -76,7 +52,7 @@ pub(super) fn read_at(file: &File, path: &Path, offset: u64, len: u64) -> Result
 }
 
 /// Fill `buf` from `file` at `offset`.
-fn read_exact_at(file: &File, path: &Path, offset: u64, buf: &mut [u8]) -> Result<()> {
+pub(super) fn read_exact_at(file: &File, path: &Path, offset: u64, buf: &mut [u8]) -> Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::FileExt;
@@ -127,18 +103,23 @@ impl Scratch {
     }
 
     /// Make `v` hold `n` elements (contents unspecified until set).
-    fn set_len(&mut self, n: usize) {
+    pub(super) fn set_len(&mut self, n: usize) {
         if self.buf.len() < n {
             self.buf.resize(n, 0.0);
         }
         self.len = n;
     }
 
-    fn bytes(&mut self, n: usize) -> &mut [u8] {
+    pub(super) fn bytes(&mut self, n: usize) -> &mut [u8] {
         if self.bytes.len() < n {
             self.bytes.resize(n, 0);
         }
         &mut self.bytes[..n]
+    }
+
+    /// Apply the first `n` bytes read into [`Scratch::bytes`], of `dtype`, to `v`.
+    pub(super) fn apply_bytes(&mut self, op: Op, dtype: SourceDtype, n: usize) {
+        apply(op, dtype, &self.bytes[..n], &mut self.buf[..self.len]);
     }
 }
 
@@ -152,7 +133,7 @@ pub enum Op {
 /// Elements decoded per step when subtracting.
 const CHUNK: usize = 4096;
 
-fn apply(op: Op, dtype: SourceDtype, bytes: &[u8], v: &mut [f32]) {
+pub(super) fn apply(op: Op, dtype: SourceDtype, bytes: &[u8], v: &mut [f32]) {
     match op {
         Op::Set => decode_into(dtype, bytes, v),
         Op::Subtract => {
@@ -178,177 +159,8 @@ pub(super) fn read_tensor_f32(file: &GgufFile, reader: &File, t: &GgufTensor) ->
     )?)
 }
 
-fn open_file(path: &Path) -> Result<File> {
+pub(super) fn open_file(path: &Path) -> Result<File> {
     File::open(path).map_err(|e| Error::io(path, e))
-}
-
-impl HfCheckpoint {
-    /// A `.safetensors` file, an index JSON, or a directory holding either.
-    pub fn open(path: &Path) -> Result<Self> {
-        let (index, single) = if path.is_dir() {
-            let idx = path.join(INDEX_NAME);
-            if idx.is_file() {
-                (Some(idx), None)
-            } else {
-                (None, Some(path.join("model.safetensors")))
-            }
-        } else if path.extension().is_some_and(|e| e == "json") {
-            (Some(path.to_path_buf()), None)
-        } else {
-            (None, Some(path.to_path_buf()))
-        };
-        let shard_paths: Vec<PathBuf> = match (index, single) {
-            (Some(idx), _) => {
-                let text = read_text(&idx, MAX_INDEX, "safetensors index")?;
-                let v: serde_json::Value = serde_json::from_str(&text)
-                    .map_err(|e| Error::malformed(&idx, "safetensors index", e.to_string()))?;
-                let map = v
-                    .get("weight_map")
-                    .and_then(|m| m.as_object())
-                    .ok_or_else(|| {
-                        Error::malformed(&idx, "safetensors index", "no weight_map object")
-                    })?;
-                let dir = idx.parent().unwrap_or(Path::new("."));
-                let mut files: Vec<String> = map
-                    .values()
-                    .map(|f| {
-                        f.as_str().map(String::from).ok_or_else(|| {
-                            Error::malformed(
-                                &idx,
-                                "safetensors index",
-                                "a weight_map value is not a file name",
-                            )
-                        })
-                    })
-                    .collect::<Result<_>>()?;
-                files.sort();
-                files.dedup();
-                for f in &files {
-                    if f.contains('/') || f.contains('\\') || f == ".." {
-                        return Err(Error::malformed(
-                            &idx,
-                            "safetensors index",
-                            format!("shard {f:?} is not a plain file name"),
-                        ));
-                    }
-                }
-                files.into_iter().map(|f| dir.join(f)).collect()
-            }
-            (None, Some(p)) => vec![p],
-            (None, None) => unreachable!("one of the two is set"),
-        };
-        let mut shards = Vec::new();
-        let mut tensors = HashMap::new();
-        for (i, p) in shard_paths.iter().enumerate() {
-            let file = open_file(p)?;
-            let bad = |r: String| Error::malformed(p, "safetensors", r);
-            // The safetensors crate validates the header (its length cap,
-            // dtypes, shapes, contiguous in-bounds offsets) over a map of
-            // the shard; only the header's pages are read. Data is read
-            // later, one tensor at a time, with pread.
-            let map = crate::mmap::map_file(p)?;
-            let (n, meta) = SafeTensors::read_metadata(&map).map_err(|e| {
-                bad(match e {
-                    SafeTensorError::InvalidOffset(t) => {
-                        format!("tensor {t}: data_offsets do not fit the file")
-                    }
-                    e => format!("header: {e:?}"),
-                })
-            })?;
-            let data_start = 8 + n as u64;
-            for (name, info) in meta.tensors() {
-                let dtype = match info.dtype {
-                    Dtype::F32 => SourceDtype::F32,
-                    Dtype::F16 => SourceDtype::F16,
-                    Dtype::BF16 => SourceDtype::BF16,
-                    _ => continue, // integer buffers and the like: never a weight we read
-                };
-                let (s, e) = info.data_offsets;
-                tensors.insert(
-                    name,
-                    Entry {
-                        shard: i,
-                        dtype,
-                        shape: info.shape.clone(),
-                        start: data_start + s as u64,
-                        end: data_start + e as u64,
-                    },
-                );
-            }
-            shards.push((p.clone(), file));
-        }
-        Ok(HfCheckpoint {
-            path: path.to_path_buf(),
-            shards,
-            tensors,
-        })
-    }
-
-    /// Tensor `name`'s entry, checked to be a matrix of consistent size.
-    fn entry(&self, name: &str) -> Result<Option<(&Entry, usize, usize)>> {
-        let Some(e) = self.tensors.get(name) else {
-            return Ok(None);
-        };
-        let path = &self.shards[e.shard].0;
-        let [rows, cols] = e.shape[..] else {
-            return Err(Error::Shape {
-                path: path.clone(),
-                tensor: name.into(),
-                reason: format!("expected a matrix, found shape {:?}", e.shape),
-            });
-        };
-        let want = rows
-            .checked_mul(cols)
-            .and_then(|x| x.checked_mul(e.dtype.size()));
-        if want != Some((e.end - e.start) as usize) {
-            return Err(Error::malformed(
-                path,
-                "safetensors",
-                format!("tensor {name}: size disagrees with its shape"),
-            ));
-        }
-        Ok(Some((e, rows, cols)))
-    }
-
-    /// The f32 matrix of tensor `name`, as stored (rows × cols).
-    fn matrix(&self, name: &str) -> Result<Option<Array2<f32>>> {
-        let Some((e, rows, cols)) = self.entry(name)? else {
-            return Ok(None);
-        };
-        let (path, file) = &self.shards[e.shard];
-        let bytes = read_at(file, path, e.start, e.end - e.start)?;
-        let mut data = vec![0f32; rows * cols];
-        decode_into(e.dtype, &bytes, &mut data);
-        Ok(Some(
-            Array2::from_shape_vec((rows, cols), data).expect("size checked"),
-        ))
-    }
-
-    /// Tensor `name` applied into `scratch.v` (rows × cols, as stored),
-    /// through the reusable byte buffer.
-    fn apply_into(
-        &self,
-        name: &str,
-        scratch: &mut Scratch,
-        op: Op,
-    ) -> Result<Option<(usize, usize)>> {
-        let Some((e, rows, cols)) = self.entry(name)? else {
-            return Ok(None);
-        };
-        let (path, file) = &self.shards[e.shard];
-        let n = (e.end - e.start) as usize;
-        read_exact_at(file, path, e.start, scratch.bytes(n))?;
-        match op {
-            Op::Set => scratch.set_len(rows * cols),
-            Op::Subtract if scratch.len != rows * cols => return Ok(Some((rows, cols))),
-            Op::Subtract => {}
-        }
-        let Scratch {
-            bytes, buf, len, ..
-        } = scratch;
-        apply(op, e.dtype, &bytes[..n], &mut buf[..*len]);
-        Ok(Some((rows, cols)))
-    }
 }
 
 impl Weights {
@@ -467,7 +279,7 @@ impl Weights {
     /// Does this source hold a weight for `module` (located by `place` in a GGUF)?
     pub fn has(&self, module: &str, place: Option<&GgufPlace>) -> bool {
         match self {
-            Weights::Hf(h) => h.tensors.contains_key(&format!("{module}.weight")),
+            Weights::Hf(h) => h.has(&format!("{module}.weight")),
             Weights::Gguf { file, .. } => place.is_some_and(|p| file.tensor(&p.tensor).is_some()),
             Weights::Peft(p) => p.pairs.iter().any(|x| x.module == module),
         }

@@ -3,6 +3,7 @@
 
 mod adapter;
 mod config;
+mod pairing;
 pub mod write;
 
 pub use adapter::{
