@@ -721,3 +721,39 @@ fn fuse_refuses_bad_weight_specs_and_an_all_zero_fusion() {
     assert!(e.to_string().contains("weight 0"), "{e}");
     assert!(!out.exists());
 }
+
+/// `fuse` and `safe-lora` convert what they make from memory
+/// (`PeftAdapter::from_bytes` + `convert_adapter`), not through a PEFT
+/// directory on disk (issue 20). The in-memory adapter pairs like the one
+/// opened from its directory, and converts to the same tensors and
+/// metadata, `general.name` (the name it is given) aside.
+#[test]
+fn an_adapter_made_in_memory_converts_as_its_directory_does() {
+    use loraguard::convert::{convert_adapter, ConvertOptions, OutType};
+    use loraguard::gguf::GgufFile;
+    use loraguard::peft::PeftAdapter;
+    let dir = tempfile::tempdir().unwrap();
+    let src = tiny_adapter("gqa-k-only");
+    let on_disk = PeftAdapter::open(&src).unwrap();
+    let config = std::fs::read_to_string(src.join("adapter_config.json")).unwrap();
+    let bytes = std::fs::read(src.join("adapter_model.safetensors")).unwrap();
+    let named = dir.path().join("gqa-k-only");
+    let in_memory = PeftAdapter::from_bytes(&named, &config, bytes).unwrap();
+    assert_eq!(in_memory.pairs.len(), on_disk.pairs.len());
+    assert_eq!(in_memory.sha256(), on_disk.sha256());
+    let opts = ConvertOptions::new(OutType::F32);
+    let (a, b) = (dir.path().join("a.gguf"), dir.path().join("b.gguf"));
+    let ra = loraguard::convert::convert(&src, &tiny_base(), Some(&a), &opts, &|_, _| {}).unwrap();
+    let rb = convert_adapter(&in_memory, &tiny_base(), Some(&b), &opts, &|_, _| {}).unwrap();
+    assert_eq!(ra.targets, rb.targets);
+    let (ga, gb) = (GgufFile::open(&a).unwrap(), GgufFile::open(&b).unwrap());
+    assert_eq!(
+        ga.metadata, gb.metadata,
+        "same metadata, general.name included (same dir name)"
+    );
+    let (fa, fb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    assert_eq!(fa, fb, "byte-identical output");
+    // Bad bytes are refused as a file would be, naming the adapter.
+    let e = PeftAdapter::from_bytes(&named, &config, b"not safetensors".to_vec()).unwrap_err();
+    assert!(e.to_string().contains("gqa-k-only"), "{e}");
+}

@@ -175,8 +175,42 @@ pub fn convert(
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<ConvertReport> {
     let adapter = PeftAdapter::open(adapter_path)?;
+    convert_adapter(&adapter, base_path, out, opts, progress)
+}
+
+/// Convert a PEFT adapter made in this process (`adapter_config.json`'s
+/// text and the safetensors bytes) to a GGUF LoRA at `out`, with no PEFT
+/// directory on disk in between (what `fuse` and `safe-lora` write). `name`
+/// names it in errors and as the file's `general.name`. Never a dry run.
+pub fn convert_made(
+    name: &Path,
+    config_json: &[u8],
+    safetensors: Vec<u8>,
+    base_path: &Path,
+    out: &Path,
+    opts: &ConvertOptions,
+) -> Result<ConvertReport> {
+    let config = std::str::from_utf8(config_json)
+        .map_err(|_| Error::malformed(name, "adapter_config.json", "not UTF-8"))?;
+    let adapter = PeftAdapter::from_bytes(name, config, safetensors)?;
+    let opts = ConvertOptions {
+        dry_run: false,
+        ..opts.clone()
+    };
+    convert_adapter(&adapter, base_path, Some(out), &opts, &|_, _| {})
+}
+
+/// [`convert`] of an adapter already open (from a directory, or made in
+/// memory with [`PeftAdapter::from_bytes`]).
+pub fn convert_adapter(
+    adapter: &PeftAdapter,
+    base_path: &Path,
+    out: Option<&Path>,
+    opts: &ConvertOptions,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<ConvertReport> {
     let base = BaseModel::open(base_path)?;
-    let plan = plan(&adapter, &base, opts.drop_unsupported)?;
+    let plan = plan(adapter, &base, opts.drop_unsupported)?;
     let outtype = opts.outtype.resolve(&adapter.dtypes());
     // `auto` promises F32 where values do not fit F16 (checked before the
     // header is written; re-factored values are checked as they are made).
@@ -218,7 +252,7 @@ pub fn convert(
         crate::linalg::init();
     }
     let truncated = match &opts.truncation {
-        Some(t) => Some(refactor::plan_ranks(&adapter, &plan, t)?),
+        Some(t) => Some(refactor::plan_ranks(adapter, &plan, t)?),
         None => None,
     };
     let ranks: Vec<usize> = match &truncated {
@@ -240,7 +274,7 @@ pub fn convert(
     };
     let Some(out) = out else {
         report.fallbacks =
-            write::planned_fallbacks(&plan, &ranks, outtype, auto_f32.then_some(&adapter));
+            write::planned_fallbacks(&plan, &ranks, outtype, auto_f32.then_some(adapter));
         if truncated.is_some() {
             report.modules = stats(vec![None; plan.targets.len()]);
         }
@@ -249,7 +283,7 @@ pub fn convert(
     let written = Mutex::new(vec![None; plan.targets.len()]);
     let encoder = |i: usize, t: &Target, types: (GgmlType, GgmlType), pool: &encode::BufPool| {
         let delta = if opts.truncation.is_some() || opts.measure_error {
-            Some(refactor::target_lowrank(&adapter, t, plan.alpha)?)
+            Some(refactor::target_lowrank(adapter, t, plan.alpha)?)
         } else {
             None
         };
@@ -263,7 +297,7 @@ pub fn convert(
                 pool,
                 &adapter.weights_path,
             )?,
-            _ => encode_target(&adapter, t, types.0, types.1, pool)?,
+            _ => encode_target(adapter, t, types.0, types.1, pool)?,
         };
         if let (Some(d), true) = (&delta, opts.measure_error) {
             let e = refactor::written_error(d, t, ranks[i], plan.alpha, (&pair.0, &pair.1), types)?;
@@ -274,7 +308,7 @@ pub fn convert(
         Ok(pair)
     };
     write_gguf(
-        &adapter,
+        adapter,
         &base,
         &plan,
         &ranks,

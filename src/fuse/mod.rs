@@ -38,7 +38,7 @@ use ndarray::Array2;
 use rayon::prelude::*;
 
 use crate::analyze::source::refuse_alora;
-use crate::convert::{convert, ConvertOptions};
+use crate::convert::convert_made;
 use crate::error::{Error, Result};
 use crate::peft::write::F32Tensor;
 use crate::peft::{PeftAdapter, CONFIG_NAME, SAFETENSORS_NAME};
@@ -346,20 +346,23 @@ pub fn fuse(
         crate::peft::write::serialize_sorted(tensors.iter().map(|(n, t)| (n.as_str(), t)), &meta)
             .map_err(|e| Error::Internal(format!("serializing safetensors: {e}")))?;
     let cfg = config(&adapters[0], &ranks, opts.method);
-    let files: [(&str, &[u8]); 2] = [(CONFIG_NAME, &cfg), (SAFETENSORS_NAME, &bytes)];
     let mut convert_report = None;
     match gguf_base {
         Some(base) => {
-            let tmp = crate::atomic::scratch_dir(out)?;
-            let dir = tmp.path().join("fused");
-            crate::atomic::write_dir_atomic(&dir, &files)?;
-            let copts = ConvertOptions {
-                dry_run: false,
-                ..opts.convert.clone()
-            };
-            convert_report = Some(convert(&dir, &base, Some(out), &copts, &|_, _| {})?);
+            // Converted from memory: no PEFT directory on disk in between.
+            convert_report = Some(convert_made(
+                &out.with_extension(""),
+                &cfg,
+                bytes,
+                &base,
+                out,
+                &opts.convert,
+            )?);
         }
-        None => crate::atomic::write_dir_atomic(out, &files)?,
+        None => crate::atomic::write_dir_atomic(
+            out,
+            &[(CONFIG_NAME, &cfg), (SAFETENSORS_NAME, &bytes)],
+        )?,
     }
     Ok(FuseReport {
         method: opts.method.name().into(),

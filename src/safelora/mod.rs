@@ -29,7 +29,7 @@ use rayon::prelude::*;
 use regex::Regex;
 use serde::Serialize;
 
-use crate::convert::{convert, ConvertOptions, ConvertReport};
+use crate::convert::{convert_made, ConvertOptions, ConvertReport};
 use crate::error::{Error, Result};
 use input::{Input, Module};
 use models::{gguf_input_models, gguf_places, open_models};
@@ -290,14 +290,17 @@ pub fn safe_lora(
             meta.insert("loraguard.source.sha256".into(), adapter.sha256());
             match gguf_model.filter(|_| to_gguf) {
                 Some(model) => {
-                    let tmp = crate::atomic::scratch_dir(out)?;
-                    let dir = tmp.path().join("safe-lora");
-                    output::write_peft_dir(adapter, &replaced, &meta, &dir)?;
-                    let copts = ConvertOptions {
-                        dry_run: false,
-                        ..opts.convert.clone()
-                    };
-                    convert_report = Some(convert(&dir, &model, Some(out), &copts, &|_, _| {})?);
+                    // Converted from memory: no PEFT directory on disk in between.
+                    let (config, bytes) = output::peft_files(adapter, &replaced, &meta)?;
+                    let name = out.with_extension("");
+                    convert_report = Some(convert_made(
+                        &name,
+                        &config,
+                        bytes,
+                        &model,
+                        out,
+                        &opts.convert,
+                    )?);
                 }
                 None => output::write_peft_dir(adapter, &replaced, &meta, out)?,
             }

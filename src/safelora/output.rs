@@ -67,6 +67,17 @@ pub fn write_peft_dir(
     out: &Path,
 ) -> Result<()> {
     check_output_dir(out)?;
+    let (config, bytes) = peft_files(adapter, replaced, meta)?;
+    write_dir_atomic(out, &[(CONFIG_NAME, &config), (SAFETENSORS_NAME, &bytes)])
+}
+
+/// [`write_peft_dir`]'s two files, in memory: `adapter_config.json` and
+/// the safetensors bytes.
+pub fn peft_files(
+    adapter: &PeftAdapter,
+    replaced: &HashMap<String, Array2<f32>>,
+    meta: &BTreeMap<String, String>,
+) -> Result<(Vec<u8>, Vec<u8>)> {
     let src = adapter.file_bytes();
     let st = SafeTensors::deserialize(src)
         .map_err(|e| Error::malformed(&adapter.weights_path, "safetensors", e.to_string()))?;
@@ -103,7 +114,7 @@ pub fn write_peft_dir(
         MAX_CONFIG_BYTES,
         "adapter_config.json",
     )?;
-    write_dir_atomic(out, &[(CONFIG_NAME, &config), (SAFETENSORS_NAME, &bytes)])
+    Ok((config, bytes))
 }
 
 /// The metadata of a GGUF LoRA rewritten: every key carried with its own

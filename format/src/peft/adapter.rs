@@ -8,6 +8,22 @@ use super::config::{LoraConfig, ModuleScale};
 use crate::error::{Error, Result};
 use crate::matrix::{count_non_finite, Matrix, SourceDtype};
 
+/// A safetensors file's bytes: a map of the file, or owned.
+pub(super) enum Bytes {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
 /// File names PEFT writes.
 pub const CONFIG_NAME: &str = "adapter_config.json";
 pub const SAFETENSORS_NAME: &str = "adapter_model.safetensors";
@@ -76,7 +92,9 @@ pub struct PeftAdapter {
     pub config: LoraConfig,
     /// The safetensors file.
     pub weights_path: PathBuf,
-    pub(super) mmap: Mmap,
+    /// The safetensors file's bytes: mapped, or in memory for an adapter
+    /// made in this process ([`PeftAdapter::from_bytes`]).
+    pub(super) mmap: Bytes,
     /// The pairs, sorted by module path.
     pub pairs: Vec<LoraPair>,
     /// Tensors outside LoRA pairs: `modules_to_save` copies, trained biases.
@@ -136,7 +154,16 @@ impl PeftAdapter {
             (dir, path.to_path_buf())
         };
         let config = LoraConfig::from_file(&dir.join(CONFIG_NAME))?;
-        let mmap = crate::mmap::map_file(&weights_path)?;
+        let mmap = Bytes::Mapped(crate::mmap::map_file(&weights_path)?);
+        Self::paired(dir, config, weights_path, mmap)
+    }
+
+    fn paired(
+        dir: PathBuf,
+        config: LoraConfig,
+        weights_path: PathBuf,
+        mmap: Bytes,
+    ) -> Result<Self> {
         let mut adapter = PeftAdapter {
             dir,
             config,
@@ -149,6 +176,23 @@ impl PeftAdapter {
         };
         adapter.pair_tensors()?;
         Ok(adapter)
+    }
+
+    /// An adapter made in memory: `adapter_config.json`'s text and the
+    /// safetensors bytes, validated and paired as [`PeftAdapter::open`]
+    /// does a directory. `dir` names it (in errors, and the converted
+    /// file's `general.name`); nothing is read from or written to it. Lets
+    /// `fuse` and `safe-lora` convert what they make without a round trip
+    /// through a PEFT directory on disk.
+    pub fn from_bytes(dir: &Path, config_json: &str, safetensors: Vec<u8>) -> Result<Self> {
+        let weights_path = dir.join(SAFETENSORS_NAME);
+        let config = LoraConfig::from_json(&dir.join(CONFIG_NAME), config_json)?;
+        Self::paired(
+            dir.to_path_buf(),
+            config,
+            weights_path,
+            Bytes::Owned(safetensors),
+        )
     }
 
     /// The raw bytes of the mapped safetensors file.
