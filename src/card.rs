@@ -264,18 +264,14 @@ pub fn card(file: &Path, opts: &CardOptions) -> Result<Card> {
             s.push_str(r.rates_markdown().trim_start());
         }
         for (p, r) in opts.reports.iter().zip(&reports).skip(1) {
-            let d =
-                crate::check::diff::diff(&name_of(&opts.reports[0]), &reports[0], &name_of(p), r)?;
+            let (a, b) = (name_of(&opts.reports[0]), name_of(p));
+            let d = crate::check::diff::diff(&a, &reports[0], &b, r)?;
             let _ = writeln!(
                 s,
-                "\n### `{}` against `{}`\n\n{} shared prompts, {} refusal verdicts flipped \
-                 (A: `{}`, B: `{}`).\n",
-                name_of(p),
-                name_of(&opts.reports[0]),
+                "\n### `{b}` against `{a}`\n\n{} shared prompts, {} refusal verdicts flipped \
+                 (A: `{a}`, B: `{b}`).\n",
                 d.n_common,
                 d.flips.len(),
-                name_of(&opts.reports[0]),
-                name_of(p),
             );
             s.push_str(&d.label_table_markdown());
         }

@@ -50,6 +50,14 @@ pub fn pairs() -> Vec<(&'static str, String)> {
     v
 }
 
+/// [`pairs`] as GGUF metadata (string values).
+pub fn gguf_metadata() -> Vec<(String, crate::gguf::MetaValue)> {
+    pairs()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), crate::gguf::MetaValue::Str(v)))
+        .collect()
+}
+
 /// `s` as one POSIX shell word: bare when it has only safe characters,
 /// single-quoted otherwise.
 pub fn shell_quote(s: &str) -> String {

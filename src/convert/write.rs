@@ -108,11 +108,7 @@ fn metadata(
     if let Some(b) = &adapter.config.base_model_name_or_path {
         m.push(("general.base_model.0.name".to_string(), s(b)));
     }
-    m.extend(
-        crate::provenance::pairs()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), s(&v))),
-    );
+    m.extend(crate::provenance::gguf_metadata());
     m.push((
         "loraguard.source.file".to_string(),
         s(adapter

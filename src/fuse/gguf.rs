@@ -220,11 +220,7 @@ pub fn fuse_gguf(
         ("adapter.type".to_string(), s("lora")),
         ("adapter.lora.alpha".to_string(), MetaValue::F32(ALPHA)),
     ];
-    meta.extend(
-        crate::provenance::pairs()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), s(&v))),
-    );
+    meta.extend(crate::provenance::gguf_metadata());
     meta.extend([
         (
             "loraguard.transforms".to_string(),

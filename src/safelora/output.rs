@@ -139,11 +139,7 @@ fn lora_metadata(src: &GgufFile, transform: &str) -> Vec<(String, MetaValue)> {
         "loraguard.transforms".into(),
         MetaValue::strings(transforms),
     ));
-    out.extend(
-        provenance::pairs()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), MetaValue::Str(v))),
-    );
+    out.extend(provenance::gguf_metadata());
     out
 }
 

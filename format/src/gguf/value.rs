@@ -141,11 +141,11 @@ impl MetaValue {
             MetaValue::F32(x) => float_json(f64::from(*x)),
             MetaValue::F64(x) => float_json(*x),
             MetaValue::Array(a) => J::Array(a.to_json()),
-            v => match (v.as_u64(), v.as_f64()) {
-                (Some(u), _) => J::from(u),
-                (_, Some(f)) => J::from(f as i64),
-                _ => J::Null,
-            },
+            MetaValue::I8(x) => J::from(*x),
+            MetaValue::I16(x) => J::from(*x),
+            MetaValue::I32(x) => J::from(*x),
+            MetaValue::I64(x) => J::from(*x),
+            v => v.as_u64().map_or(J::Null, J::from),
         }
     }
 
@@ -370,5 +370,14 @@ mod tests {
         assert_eq!(MetaValue::Str("x".into()).to_string(), "x");
         assert_eq!(MetaValue::u32s(vec![1, 2]).to_string(), "[1,2]");
         assert_eq!(MetaValue::I64(-3).to_json(), serde_json::json!(-3));
+        // Exact beyond f64's 53 bits.
+        assert_eq!(
+            MetaValue::I64(i64::MIN + 1).to_json(),
+            serde_json::json!(i64::MIN + 1)
+        );
+        assert_eq!(
+            MetaValue::U64(u64::MAX).to_json(),
+            serde_json::json!(u64::MAX)
+        );
     }
 }

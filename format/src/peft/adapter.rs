@@ -94,7 +94,7 @@ pub struct PeftAdapter {
     pub weights_path: PathBuf,
     /// The safetensors file's bytes: mapped, or in memory for an adapter
     /// made in this process ([`PeftAdapter::from_bytes`]).
-    pub(super) mmap: Bytes,
+    pub(super) data: Bytes,
     /// The pairs, sorted by module path.
     pub pairs: Vec<LoraPair>,
     /// Tensors outside LoRA pairs: `modules_to_save` copies, trained biases.
@@ -154,21 +154,21 @@ impl PeftAdapter {
             (dir, path.to_path_buf())
         };
         let config = LoraConfig::from_file(&dir.join(CONFIG_NAME))?;
-        let mmap = Bytes::Mapped(crate::mmap::map_file(&weights_path)?);
-        Self::paired(dir, config, weights_path, mmap)
+        let data = Bytes::Mapped(crate::mmap::map_file(&weights_path)?);
+        Self::paired(dir, config, weights_path, data)
     }
 
     fn paired(
         dir: PathBuf,
         config: LoraConfig,
         weights_path: PathBuf,
-        mmap: Bytes,
+        data: Bytes,
     ) -> Result<Self> {
         let mut adapter = PeftAdapter {
             dir,
             config,
             weights_path,
-            mmap,
+            data,
             pairs: Vec::new(),
             unsupported: Vec::new(),
             zero_biases: Vec::new(),
@@ -195,14 +195,14 @@ impl PeftAdapter {
         )
     }
 
-    /// The raw bytes of the mapped safetensors file.
+    /// The raw bytes of the safetensors file (mapped, or in memory).
     pub fn file_bytes(&self) -> &[u8] {
-        &self.mmap
+        &self.data
     }
 
     /// The encoded bytes of one tensor.
     pub fn bytes(&self, t: &TensorSpan) -> &[u8] {
-        &self.mmap[t.start..t.end]
+        &self.data[t.start..t.end]
     }
 
     /// Decode one tensor to f32, refusing NaN and Inf.
@@ -255,6 +255,6 @@ impl PeftAdapter {
 
     /// Hex sha256 of the safetensors file.
     pub fn sha256(&self) -> String {
-        crate::hash::sha256_hex(&self.mmap)
+        crate::hash::sha256_hex(&self.data)
     }
 }

@@ -16,7 +16,7 @@ impl PeftAdapter {
         let path = self.weights_path.clone();
         let malformed = |reason: String| Error::malformed(&path, "safetensors", reason);
         let (header_len, meta) =
-            SafeTensors::read_metadata(&self.mmap).map_err(|e| malformed(format!("{e:?}")))?;
+            SafeTensors::read_metadata(&self.data).map_err(|e| malformed(format!("{e:?}")))?;
         let data_start = 8 + header_len;
 
         #[derive(Default)]
@@ -102,7 +102,7 @@ impl PeftAdapter {
                 || stripped.ends_with(".lora_embedding_B.bias")
             {
                 let bytes = self
-                    .mmap
+                    .data
                     .get(data_start + info.data_offsets.0..data_start + info.data_offsets.1)
                     .ok_or_else(|| malformed(format!("tensor {name} is out of bounds")))?;
                 if is_all_zero(info.dtype, bytes) {
