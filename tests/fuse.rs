@@ -753,7 +753,20 @@ fn an_adapter_made_in_memory_converts_as_its_directory_does() {
     );
     let (fa, fb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     assert_eq!(fa, fb, "byte-identical output");
-    // Bad bytes are refused as a file would be, naming the adapter.
+    // Bad bytes are refused as a file would be, naming the adapter, and
+    // convert_made then writes nothing.
     let e = PeftAdapter::from_bytes(&named, &config, b"not safetensors".to_vec()).unwrap_err();
     assert!(e.to_string().contains("gqa-k-only"), "{e}");
+    let c = dir.path().join("c.gguf");
+    let e = loraguard::convert::convert_made(
+        &named,
+        config.as_bytes(),
+        b"not safetensors".to_vec(),
+        &tiny_base(),
+        &c,
+        &opts,
+    )
+    .unwrap_err();
+    assert!(e.is_bad_input(), "{e}");
+    assert!(!c.exists());
 }

@@ -253,3 +253,33 @@ fn versions_keys_and_types_are_checked() {
         );
     }
 }
+
+#[test]
+fn strings_in_arrays_must_be_utf8_and_values_keep_their_types() {
+    let mut v = Vec::new();
+    Builder::str(&mut v, "tokens");
+    v.extend(t::ARRAY.to_le_bytes());
+    v.extend(t::STRING.to_le_bytes());
+    v.extend(1u64.to_le_bytes());
+    v.extend(2u64.to_le_bytes());
+    v.extend([0xff, 0xfe]);
+    fails(
+        &Builder::new().kv_raw(&v),
+        "a string in tokens is not UTF-8",
+    );
+    let s = Builder::new()
+        .kv_u32("general.alignment", 64)
+        .kv_str("general.architecture", "llama")
+        .scan()
+        .unwrap();
+    assert_eq!(
+        s.metadata,
+        vec![
+            ("general.alignment".to_string(), MetaValue::U32(64)),
+            (
+                "general.architecture".to_string(),
+                MetaValue::Str("llama".into())
+            ),
+        ]
+    );
+}
