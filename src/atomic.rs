@@ -120,6 +120,29 @@ impl AtomicFile {
         BufWriter::with_capacity(256 << 10, self.temp.as_file_mut())
     }
 
+    /// Start writing the temp file's data back to disk in the background
+    /// as it grows (see [`BackgroundSync`]).
+    pub fn background_sync(&self) -> Result<BackgroundSync> {
+        let file = self
+            .temp
+            .as_file()
+            .try_clone()
+            .map_err(|e| Error::io(self.temp.path(), e))?;
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let handle = std::thread::spawn(move || -> std::io::Result<()> {
+            while rx.recv().is_ok() {
+                while rx.try_recv().is_ok() {}
+                file.sync_data()?;
+            }
+            Ok(())
+        });
+        Ok(BackgroundSync {
+            tx: Some(tx),
+            handle: Some(handle),
+            path: self.temp.path().to_path_buf(),
+        })
+    }
+
     /// The temp file itself, for seeks and patches.
     pub fn file(&mut self) -> &mut File {
         self.temp.as_file_mut()
@@ -135,6 +158,38 @@ impl AtomicFile {
         temp.persist(&target)
             .map_err(|e| Error::io(&target, e.error))?;
         Ok(())
+    }
+}
+
+/// Data written back to disk while the file is still being written: each
+/// [`BackgroundSync::poke`] asks for a sync of what is there so far (pokes
+/// while one runs are coalesced), so that [`AtomicFile::commit`]'s own sync
+/// only waits for the tail. For a 320 MiB output, that sync alone took
+/// 0.14 s, longer than converting it (issue 22). A sync error is reported
+/// by [`BackgroundSync::finish`]: the kernel reports a write-back error
+/// once per open file, and the clone shares the temp file's.
+pub struct BackgroundSync {
+    tx: Option<std::sync::mpsc::Sender<()>>,
+    handle: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    path: PathBuf,
+}
+
+impl BackgroundSync {
+    /// Ask for the data written so far to go to disk.
+    pub fn poke(&self) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Wait for the last sync asked for; its error, if any.
+    pub fn finish(mut self) -> Result<()> {
+        self.tx = None;
+        match self.handle.take().map(|h| h.join()) {
+            Some(Ok(Err(e))) => Err(Error::io(&self.path, e)),
+            Some(Err(_)) => Err(Error::Internal("background sync thread panicked".into())),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -468,3 +468,53 @@ fn written_files_record_their_own_command_line() {
         Some("merge")
     );
 }
+
+#[test]
+fn source_hash_sha256_records_the_digest_sha256sum_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ad, base) = (tiny_adapter("plain"), tiny_base());
+    let digest = |kind: &str| {
+        let out = dir.path().join(format!("{kind}.gguf"));
+        let o = loraguard(&[
+            os("convert"),
+            ad.as_os_str(),
+            os("--base"),
+            base.as_os_str(),
+            os("-o"),
+            out.as_os_str(),
+            os("--source-hash"),
+            os(kind),
+            os("--json"),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let g = loraguard::gguf::GgufFile::open(&out).unwrap();
+        let other = if kind == "sha256" { "blake3" } else { "sha256" };
+        assert_eq!(g.get_str(&format!("loraguard.source.{other}")), None);
+        assert_eq!(report["source_hash_algorithm"], kind);
+        let hex = g
+            .get_str(&format!("loraguard.source.{kind}"))
+            .unwrap()
+            .to_string();
+        assert_eq!(report["source_hash"], hex.as_str());
+        hex
+    };
+    let bytes = std::fs::read(ad.join("adapter_model.safetensors")).unwrap();
+    assert_eq!(digest("sha256"), loraguard::hash::sha256_hex(&bytes));
+    assert_eq!(digest("blake3"), loraguard::hash::blake3_hex(&bytes));
+    let o = loraguard(&[
+        os("convert"),
+        ad.as_os_str(),
+        os("--base"),
+        base.as_os_str(),
+        os("--dry-run"),
+        os("--source-hash"),
+        os("md5"),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

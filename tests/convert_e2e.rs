@@ -204,11 +204,12 @@ fn metadata_and_provenance_are_written() {
         g.get_str("loraguard.version"),
         Some(env!("CARGO_PKG_VERSION"))
     );
-    let sha = loraguard::hash::sha256_hex(
+    let digest = loraguard::hash::blake3_hex(
         &std::fs::read(tiny_adapter("plain").join("adapter_model.safetensors")).unwrap(),
     );
-    assert_eq!(g.get_str("loraguard.source.sha256"), Some(sha.as_str()));
-    assert_eq!(report.source_sha256.as_deref(), Some(sha.as_str()));
+    assert_eq!(g.get_str("loraguard.source.blake3"), Some(digest.as_str()));
+    assert_eq!(report.source_hash.as_deref(), Some(digest.as_str()));
+    assert_eq!(g.get_str("loraguard.source.sha256"), None);
     let transforms = g.metadata.get("loraguard.transforms").unwrap().to_string();
     assert!(
         transforms.contains("llama_qk_row_permutation_on_lora_b"),
@@ -258,6 +259,60 @@ fn auto_picks_bf16_for_bf16_sources_and_f16_for_f16() {
         OutType::Auto,
     );
     assert_eq!(r.outtype.name(), "F16");
+}
+
+/// BF16 sources into F16 and Q8_0 go through the bulk encoders
+/// (`quant::bulk`): every `lora_a` (written unscaled) must be exactly the
+/// per-value reference: f16 rounding of each value, ggml's Q8_0 per block.
+#[test]
+fn bf16_sources_encode_exactly_as_the_per_value_reference() {
+    use loraguard::quant::quantize_block_q8_0;
+    let dir = tempfile::tempdir().unwrap();
+    let src = tiny_adapter("rslora-patterns");
+    let bytes = std::fs::read(src.join("adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    for ty in [OutType::F16, OutType::Q8_0] {
+        let (out, _) = convert_to(&src, &tiny_base(), dir.path(), ty);
+        let g = GgufFile::open(&out).unwrap();
+        let file = std::fs::read(&out).unwrap();
+        let mut checked = 0;
+        for (name, view) in st.tensors() {
+            if !name.contains("lora_A") || !name.contains("q_proj") {
+                continue;
+            }
+            let layer = name.split('.').nth(4).unwrap();
+            let t = g
+                .tensor(&format!("blk.{layer}.attn_q.weight.lora_a"))
+                .unwrap();
+            let got = &file[t.offset as usize..(t.offset + t.size) as usize];
+            let values: Vec<f32> = view
+                .data()
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect();
+            let want: Vec<u8> = if ty == OutType::F16 {
+                assert_eq!(t.ty.name(), "F16");
+                values
+                    .iter()
+                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                    .collect()
+            } else {
+                assert_eq!(t.ty.name(), "Q8_0");
+                values
+                    .chunks_exact(32)
+                    .flat_map(|b| {
+                        let q = quantize_block_q8_0(b.try_into().unwrap());
+                        let mut v = q.d.to_vec();
+                        v.extend(q.qs.iter().map(|x| *x as u8));
+                        v
+                    })
+                    .collect()
+            };
+            assert_eq!(got, &want[..], "{name} as {ty:?}");
+            checked += 1;
+        }
+        assert!(checked >= 2, "{checked}");
+    }
 }
 
 #[test]

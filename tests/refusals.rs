@@ -254,6 +254,80 @@ fn nan_and_inf_are_refused() {
     }
 }
 
+/// BF16 into F16 and Q8_0 skips the up-front finiteness pass (the bulk
+/// encoders fail on such values instead): the error must still name the
+/// tensor and count its values, and a finite value beyond F16's range must
+/// still be a range error, wherever it sits in the tensor.
+#[test]
+fn bf16_nan_inf_and_overflow_are_refused_on_the_bulk_path() {
+    let bf16s = |v: &[f32]| -> Vec<u8> {
+        v.iter()
+            .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+            .collect()
+    };
+    let adapter = |a: &[f32], b: &[f32]| {
+        let dir = tempfile::tempdir().unwrap();
+        let ad = dir.path().join("adapter");
+        std::fs::create_dir(&ad).unwrap();
+        let tensors = [
+            (
+                "base_model.model.model.layers.0.self_attn.v_proj.lora_A.weight",
+                "BF16",
+                [2, 64],
+                bf16s(a),
+            ),
+            (
+                "base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight",
+                "BF16",
+                [32, 2],
+                bf16s(b),
+            ),
+        ];
+        std::fs::write(ad.join("adapter_model.safetensors"), safetensors(&tensors)).unwrap();
+        std::fs::write(ad.join("adapter_config.json"), CONFIG).unwrap();
+        (dir, ad)
+    };
+    let run = |ad: &Path, ty: OutType| {
+        let out_dir = tempfile::tempdir().unwrap();
+        let out = out_dir.path().join("out.gguf");
+        let r = convert(ad, &tiny_base(), Some(&out), &opts(ty), &|_, _| {});
+        assert_eq!(r.is_ok(), out.exists());
+        r
+    };
+    for ty in [OutType::F16, OutType::Q8_0] {
+        for at in [0, 65, 127] {
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                let mut a = vec![0.01f32; 128];
+                a[at] = bad;
+                let (_d, ad) = adapter(&a, &[0.02; 64]);
+                let e = run(&ad, ty).unwrap_err();
+                assert!(
+                    matches!(&e, Error::NonFinite { count: 1, tensor, .. } if tensor.contains("lora_A")),
+                    "{ty:?} {bad} at {at}: {e:?}"
+                );
+            }
+            let mut b = vec![0.02f32; 64];
+            b[at % 64] = f32::NAN;
+            let (_d, ad) = adapter(&[0.01; 128], &b);
+            let e = run(&ad, ty).unwrap_err();
+            assert!(
+                matches!(&e, Error::NonFinite { count: 1, tensor, .. } if tensor.contains("lora_B")),
+                "{e:?}"
+            );
+        }
+    }
+    let mut a = vec![0.01f32; 128];
+    a[70] = 1e6;
+    let (_d, ad) = adapter(&a, &[0.02; 64]);
+    let e = run(&ad, OutType::F16).unwrap_err();
+    assert!(
+        matches!(&e, Error::Unsupported { feature, .. } if feature.contains("lora_a has values beyond F16")),
+        "{e:?}"
+    );
+    // Q8_0 holds it (lora_a's rows are 64 long; lora_b's 2 fall back to F16).
+    run(&ad, OutType::Q8_0).unwrap();
+}
+
 #[test]
 fn truncated_or_malformed_safetensors_are_refused() {
     let (_d, ad) = copy_adapter("plain");

@@ -115,6 +115,9 @@ pub fn decode_into(dtype: SourceDtype, bytes: &[u8], out: &mut [f32]) {
 
 /// Count non-finite values directly in encoded bytes, without decoding a copy.
 pub fn count_non_finite(dtype: SourceDtype, bytes: &[u8]) -> usize {
+    if !any_non_finite(dtype, bytes) {
+        return 0;
+    }
     match dtype {
         SourceDtype::F32 => bytes
             .chunks_exact(4)
@@ -128,6 +131,26 @@ pub fn count_non_finite(dtype: SourceDtype, bytes: &[u8]) -> usize {
             .chunks_exact(2)
             .filter(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7f80 == 0x7f80)
             .count(),
+    }
+}
+
+/// Whether any value is non-finite: the exponent bits all ones. A max
+/// over the masked exponents of aligned words (vectorised, read-only); the
+/// count is only taken when this finds one.
+fn any_non_finite(dtype: SourceDtype, bytes: &[u8]) -> bool {
+    // Masked exponents are non-negative as signed words, and a signed max
+    // is the one SSE2 has for 16-bit lanes.
+    let max16 = |mask: u16| match bytemuck::try_cast_slice::<u8, u16>(bytes) {
+        Ok(w) => w.iter().fold(0i16, |m, x| m.max((x & mask) as i16)) == mask as i16,
+        Err(_) => true,
+    };
+    match dtype {
+        SourceDtype::F32 => match bytemuck::try_cast_slice::<u8, u32>(bytes) {
+            Ok(w) => w.iter().fold(0i32, |m, x| m.max((x & 0x7f80_0000) as i32)) == 0x7f80_0000,
+            Err(_) => true,
+        },
+        SourceDtype::F16 => max16(0x7c00),
+        SourceDtype::BF16 => max16(0x7f80),
     }
 }
 
@@ -160,6 +183,15 @@ mod tests {
             .flat_map(|x| x.to_le_bytes())
             .collect();
         assert_eq!(count_non_finite(SourceDtype::BF16, &bf16s), 2);
+        // Unaligned bytes take the counting path directly; finite ones count 0.
+        let mut shifted = vec![0u8];
+        shifted.extend_from_slice(&bf16s);
+        assert_eq!(count_non_finite(SourceDtype::BF16, &shifted[1..]), 2);
+        let finite: Vec<u8> = [1.0f32, -2.5, f32::MAX, f32::MIN_POSITIVE]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        assert_eq!(count_non_finite(SourceDtype::F32, &finite), 0);
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use loraguard::convert::{convert, ConvertOptions, ModuleStats};
+use loraguard::hash::SourceHash;
 
 use super::gguf_out::GgufOutArgs;
 use super::output::{progress_of, write_json, Ui, EXIT_OK};
@@ -36,6 +37,11 @@ pub struct ConvertArgs {
     /// written (re-factoring plus the output type's rounding) and report it.
     #[arg(long)]
     pub measure_error: bool,
+    /// The digest of the source file recorded in the output, as
+    /// `loraguard.source.<ALGO>`: blake3 (fast), or sha256 to match a
+    /// published SHA-256 such as the Hugging Face Hub's file ids.
+    #[arg(long, value_name = "ALGO", default_value = "blake3", value_parser = parse_source_hash)]
+    pub source_hash: SourceHash,
     /// Write the report as JSON to PATH; `--json` alone or `--json -`
     /// prints it on stdout (instead of the summary line).
     #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "-")]
@@ -47,6 +53,7 @@ pub fn run(args: ConvertArgs, ui: &Ui) -> anyhow::Result<i32> {
         drop_unsupported: args.drop_unsupported,
         dry_run: args.dry_run,
         measure_error: args.measure_error,
+        source_hash: args.source_hash,
         ..args.out.convert_options()
     };
     let bar = ui.bar("convert");
@@ -127,4 +134,8 @@ fn module_summary(modules: &[ModuleStats]) -> Option<String> {
         parts.push(format!("error as written median {med:.2e}, max {max:.2e}"));
     }
     Some(parts.join("; "))
+}
+
+fn parse_source_hash(s: &str) -> Result<SourceHash, String> {
+    SourceHash::parse(s).ok_or_else(|| format!("--source-hash takes blake3 or sha256, not {s:?}"))
 }

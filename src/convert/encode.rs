@@ -88,6 +88,17 @@ fn encode_contiguous(
 ) -> Option<Vec<u8>> {
     let n = bytes.len() / dtype.size();
     out.reserve(ty.tensor_bytes(&[n as u64])? as usize);
+    // BF16 unchanged into F16 or Q8_0 (the common PEFT case): one pass
+    // over the bits, no f32 scratch (the map is 2-aligned in practice).
+    if dtype == SourceDtype::BF16 && factor == 1.0 {
+        if let Ok(bits) = bytemuck::try_cast_slice::<u8, u16>(bytes) {
+            match ty {
+                GgmlType::F16 => return crate::quant::bf16_to_f16(bits, &mut out).then_some(out),
+                GgmlType::Q8_0 => return crate::quant::bf16_to_q8_0(bits, &mut out).then_some(out),
+                _ => {}
+            }
+        }
+    }
     let mut scratch = vec![0f32; SCRATCH.min(n)];
     for chunk in bytes.chunks(SCRATCH * dtype.size()) {
         let buf = &mut scratch[..chunk.len() / dtype.size()];
@@ -180,19 +191,34 @@ pub fn encode_target<'a>(
     ty_b: GgmlType,
     pool: &BufPool,
 ) -> Result<EncodedPair<'a>> {
-    for p in &t.parts {
-        let pair = &adapter.pairs[p.pair];
-        for span in [&pair.a, &pair.b] {
-            let bad = count_non_finite(span.dtype, adapter.bytes(span));
-            if bad > 0 {
-                return Err(Error::NonFinite {
-                    path: adapter.weights_path.clone(),
-                    tensor: span.name.clone(),
-                    count: bad,
-                });
+    // Every path into F16 (but F16 passed through) and Q8_0 fails on a
+    // value that is not finite, so their check waits for a failure: one
+    // pass over the bytes fewer on the common path.
+    let fails_on_non_finite = |dtype: SourceDtype, ty: GgmlType| match ty {
+        GgmlType::F16 => dtype != SourceDtype::F16,
+        GgmlType::Q8_0 => true,
+        _ => false,
+    };
+    let check_finite = |lazy: bool| -> Result<()> {
+        for p in &t.parts {
+            let pair = &adapter.pairs[p.pair];
+            for (span, ty) in [(&pair.a, ty_a), (&pair.b, ty_b)] {
+                if lazy != fails_on_non_finite(span.dtype, ty) {
+                    continue;
+                }
+                let bad = count_non_finite(span.dtype, adapter.bytes(span));
+                if bad > 0 {
+                    return Err(Error::NonFinite {
+                        path: adapter.weights_path.clone(),
+                        tensor: span.name.clone(),
+                        count: bad,
+                    });
+                }
             }
         }
-    }
+        Ok(())
+    };
+    check_finite(false)?;
     let range_err = |suffix: &str| Error::Unsupported {
         path: adapter.weights_path.clone(),
         feature: format!(
@@ -201,8 +227,12 @@ pub fn encode_target<'a>(
         ),
         hint: Some("use --outtype f32 or --outtype bf16".into()),
     };
-    let a = encode_a(adapter, t, ty_a, pool).ok_or_else(|| range_err("lora_a"))?;
-    let b = encode_b(adapter, t, ty_b, pool).ok_or_else(|| range_err("lora_b"))?;
+    let failed = |suffix: &str| match check_finite(true) {
+        Ok(()) => range_err(suffix),
+        Err(e) => e,
+    };
+    let a = encode_a(adapter, t, ty_a, pool).ok_or_else(|| failed("lora_a"))?;
+    let b = encode_b(adapter, t, ty_b, pool).ok_or_else(|| failed("lora_b"))?;
     Ok((a, b))
 }
 

@@ -22,6 +22,7 @@ pub use write::write_gguf;
 use crate::base::BaseModel;
 use crate::error::{Error, Result};
 use crate::gguf::GgmlType;
+use crate::hash::SourceHash;
 use crate::linalg::truncate::Truncation;
 use crate::matrix::SourceDtype;
 use crate::peft::{PeftAdapter, UnsupportedTensor};
@@ -83,6 +84,8 @@ pub struct ConvertOptions {
     pub truncation: Option<Truncation>,
     /// Measure each target's relative error as written (`--measure-error`).
     pub measure_error: bool,
+    /// The digest of the source recorded as provenance (`--source-hash`).
+    pub source_hash: SourceHash,
 }
 
 impl ConvertOptions {
@@ -94,6 +97,7 @@ impl ConvertOptions {
             dry_run: false,
             truncation: None,
             measure_error: false,
+            source_hash: SourceHash::default(),
         }
     }
 }
@@ -123,7 +127,11 @@ pub struct ConvertReport {
     pub dropped: Vec<UnsupportedTensor>,
     pub fallbacks: Vec<Fallback>,
     pub transforms: Vec<String>,
-    pub source_sha256: Option<String>,
+    /// The algorithm of [`ConvertReport::source_hash`].
+    pub source_hash_algorithm: SourceHash,
+    /// The source safetensors file's digest, as recorded in the output
+    /// (under [`SourceHash::key`]); none in a dry run.
+    pub source_hash: Option<String>,
     pub bytes_written: u64,
     /// The re-factoring applied, if any.
     pub truncation: Option<Truncation>,
@@ -148,7 +156,8 @@ impl serde::Serialize for ConvertReport {
             "transforms": self.transforms,
             "dropped": self.dropped.iter().map(|d| serde_json::json!({"tensor": d.name, "reason": d.reason})).collect::<Vec<_>>(),
             "fallbacks": self.fallbacks,
-            "source_sha256": self.source_sha256,
+            "source_hash_algorithm": self.source_hash_algorithm,
+            "source_hash": self.source_hash,
             "bytes_written": self.bytes_written,
             "dry_run": self.output.is_none(),
             "refactor": self.truncation.map(|t| serde_json::json!({"max_rank": t.max_rank, "energy": t.energy})),
@@ -231,7 +240,8 @@ pub fn convert_adapter(
         dropped: plan.dropped.clone(),
         fallbacks: Vec::new(),
         transforms,
-        source_sha256: None,
+        source_hash_algorithm: opts.source_hash,
+        source_hash: None,
         bytes_written: 0,
         truncation: opts.truncation,
         modules: Vec::new(),

@@ -14,9 +14,6 @@ use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufWriter, MetaValue, TensorDesc};
 use crate::peft::{PairKind, PeftAdapter};
 
-/// Metadata key holding the source's sha256 (patched after streaming).
-pub const SHA_KEY: &str = "loraguard.source.sha256";
-
 /// ggml `ne` of a target's `lora_a` and `lora_b` at rank `rank`.
 fn shapes(t: &Target, rank: usize) -> ([u64; 2], [u64; 2]) {
     let (r, din, dout) = (rank as u64, t.d_in as u64, t.d_out as u64);
@@ -117,7 +114,8 @@ fn metadata(
             .and_then(|n| n.to_str())
             .unwrap_or("adapter_model.safetensors")),
     ));
-    m.push((SHA_KEY.to_string(), s(&"0".repeat(64))));
+    // A placeholder of the digest's length, patched after streaming.
+    m.push((report.source_hash_algorithm.key(), s(&"0".repeat(64))));
     m.push((
         "loraguard.peft.r".to_string(),
         MetaValue::U32(adapter.config.r as u32),
@@ -179,12 +177,14 @@ pub fn write_gguf<'a>(
     let chunk = rayon::current_num_threads().max(1) * 2;
     let pool = BufPool::default();
 
-    let (sha, sha_offset) = std::thread::scope(|scope| -> Result<(String, u64)> {
-        let hasher = scope.spawn(|| adapter.sha256());
+    let syncer = file.background_sync()?;
+    let hash_kind = report.source_hash_algorithm;
+    let (digest, digest_offset) = std::thread::scope(|scope| -> Result<(String, u64)> {
+        let hasher = scope.spawn(|| adapter.source_hash(hash_kind));
         let mut gw = GgufWriter::start(file.writer(), &meta, descs).map_err(io)?;
-        let sha_offset = gw
-            .string_value_offset(SHA_KEY)
-            .ok_or_else(|| Error::Internal("sha256 placeholder missing".into()))?;
+        let digest_offset = gw
+            .string_value_offset(&hash_kind.key())
+            .ok_or_else(|| Error::Internal("source digest placeholder missing".into()))?;
         // Encode chunk i+1 while chunk i is written (rayon::join), so the
         // file writes overlap the conversion.
         let encode_chunk = |ci: usize, targets: &[Target]| -> Vec<Result<EncodedPair<'a>>> {
@@ -216,6 +216,7 @@ pub fn write_gguf<'a>(
                 || encode_chunk(ci, targets),
             );
             done += written?;
+            syncer.poke();
             progress(done, total);
             pending = next;
         }
@@ -224,17 +225,18 @@ pub fn write_gguf<'a>(
         let mut w = gw.finish().map_err(io)?;
         w.flush().map_err(io)?;
         drop(w);
-        let sha = hasher
+        let digest = hasher
             .join()
             .map_err(|_| Error::Internal("hashing thread panicked".into()))?;
-        Ok((sha, sha_offset))
+        Ok((digest, digest_offset))
     })?;
+    syncer.finish()?;
     let f = file.file();
-    f.seek(SeekFrom::Start(sha_offset)).map_err(io)?;
-    f.write_all(sha.as_bytes()).map_err(io)?;
+    f.seek(SeekFrom::Start(digest_offset)).map_err(io)?;
+    f.write_all(digest.as_bytes()).map_err(io)?;
     report.bytes_written = f.seek(SeekFrom::End(0)).map_err(io)?;
     file.commit()?;
     report.fallbacks = fallbacks;
-    report.source_sha256 = Some(sha);
+    report.source_hash = Some(digest);
     Ok(())
 }

@@ -13,6 +13,10 @@
 //! of ggml's code in the ffi crate (`loraguard_llama::q4_k`), tested byte
 //! for byte against ggml.
 
+mod bulk;
+
+pub use bulk::{bf16_to_f16, bf16_to_q8_0};
+
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
@@ -133,7 +137,8 @@ where
 
 /// Append `data` encoded as `ty` to `out`. `data.len()` must be a multiple
 /// of the type's block size; returns false (writing nothing) for a type
-/// loraguard does not encode or data that is not whole blocks.
+/// loraguard does not encode, data that is not whole blocks, or (Q8_0)
+/// values that are not finite.
 pub fn encode_into(ty: GgmlType, data: &[f32], out: &mut Vec<u8>) -> bool {
     // GGUF is little-endian; the casts below write native byte order.
     const _: () = assert!(
@@ -144,15 +149,7 @@ pub fn encode_into(ty: GgmlType, data: &[f32], out: &mut Vec<u8>) -> bool {
         GgmlType::F32 => out.extend_from_slice(bytemuck::cast_slice(data)),
         GgmlType::F16 => extend_half::<f16>(data, out),
         GgmlType::BF16 => extend_half::<bf16>(data, out),
-        GgmlType::Q8_0 => {
-            assert!(data.len() % QK8_0 == 0, "Q8_0 data must be whole blocks");
-            out.reserve(data.len() / QK8_0 * 34);
-            for chunk in data.chunks_exact(QK8_0) {
-                let block = quantize_block_q8_0(chunk.try_into().expect("chunks_exact(32)"));
-                out.extend_from_slice(&block.d);
-                out.extend(block.qs.iter().map(|q| *q as u8));
-            }
-        }
+        GgmlType::Q8_0 => return bulk::f32_to_q8_0(data, out),
         ty if WRITABLE.contains(&ty) => {
             // Blocks are quantized independently (no importance matrix), so
             // one "row" of a block is as good as the tensor's real rows.
@@ -220,7 +217,8 @@ pub fn decode(ty: GgmlType, bytes: &[u8]) -> Option<Vec<f32>> {
 
 /// Does every value fit f16's finite range?
 pub fn fits_f16(data: &[f32]) -> bool {
-    data.iter().all(|v| v.abs() <= 65504.0)
+    // A fold, not `all`: without the early exit the loop vectorises.
+    data.iter().fold(true, |ok, v| ok & (v.abs() <= 65504.0))
 }
 
 #[cfg(test)]

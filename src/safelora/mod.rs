@@ -287,7 +287,8 @@ pub fn safe_lora(
                 meta.insert(k.into(), v);
             }
             meta.insert("loraguard.transform".into(), transform);
-            meta.insert("loraguard.source.sha256".into(), adapter.sha256());
+            let hash = crate::hash::SourceHash::default();
+            meta.insert(hash.key(), adapter.source_hash(hash));
             match gguf_model.filter(|_| to_gguf) {
                 Some(model) => {
                     // Converted from memory: no PEFT directory on disk in between.

@@ -253,8 +253,8 @@ impl PeftAdapter {
         v
     }
 
-    /// Hex sha256 of the safetensors file.
-    pub fn sha256(&self) -> String {
-        crate::hash::sha256_hex(&self.data)
+    /// Hex digest of the safetensors file's bytes.
+    pub fn source_hash(&self, hash: crate::hash::SourceHash) -> String {
+        hash.hex(&self.data)
     }
 }
