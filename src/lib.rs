@@ -21,6 +21,7 @@
 //! - [`atomic`]: atomic output files;
 //! - [`provenance`]: the version and command line every written file records.
 
+pub mod adapter;
 pub mod analyze;
 pub mod atomic;
 pub mod batch;

@@ -1,6 +1,9 @@
-//! `PATH[:NUMBER]` arguments (`check --lora A.gguf:0.5`, `fuse task:0.6`).
+//! `PATH[:NUMBER]` arguments (`check --lora A.gguf:0.5`, `fuse task:0.6`), and
+//! [`AdapterSpec`], the `--lora PATH[:SCALE]` of `check` and `merge --measure`.
 
 use std::path::PathBuf;
+
+use crate::error::{Error, Result};
 
 /// Split `PATH[:NUMBER]`. A suffix that is not a number belongs to the path
 /// (so `C:\x` or `dir:name` stay paths); the number may be non-finite, which
@@ -12,6 +15,27 @@ pub fn path_and_number(spec: &str) -> (PathBuf, Option<f64>) {
         }
     }
     (spec.into(), None)
+}
+
+/// A `--lora PATH[:SCALE]` argument.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterSpec {
+    pub path: PathBuf,
+    pub scale: f32,
+}
+
+impl AdapterSpec {
+    /// Parse `PATH[:SCALE]`. A suffix that is not a number belongs to the path.
+    pub fn parse(spec: &str) -> Result<AdapterSpec> {
+        let (path, scale) = path_and_number(spec);
+        let scale = scale.unwrap_or(1.0) as f32;
+        if !scale.is_finite() {
+            return Err(Error::Usage(format!(
+                "--lora {spec}: the scale must be finite"
+            )));
+        }
+        Ok(AdapterSpec { path, scale })
+    }
 }
 
 #[cfg(test)]

@@ -124,10 +124,10 @@ fn base_measures_match_dense_definitions() {
     let r = analyze(&gguf, &opts(Some(&tiny_base()), None, k), &|_, _| {}).unwrap();
     let base = loraguard::gguf::GgufFile::open(&tiny_base()).unwrap();
     let bytes = std::fs::read(tiny_base()).unwrap();
-    let src = loraguard::analyze::source::AdapterSource::open(&gguf, None).unwrap();
+    let src = loraguard::adapter::AdapterSource::open(&gguf, None).unwrap();
     for m in &r.modules {
         let t = base.tensor(&m.name).unwrap();
-        let w = loraguard::analyze::source::gguf_tensor_f32(&tiny_base(), &bytes, t).unwrap();
+        let w = loraguard::adapter::gguf_tensor_f32(&tiny_base(), &bytes, t).unwrap();
         let w = Array2::from_shape_vec((t.ne[1] as usize, t.ne[0] as usize), w)
             .unwrap()
             .mapv(f64::from);

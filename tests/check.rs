@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use loraguard::analyze::source::gguf_tensor_f32;
+use loraguard::adapter::gguf_tensor_f32;
 use loraguard::check::prompts::load_prompts;
 use loraguard::check::{check, AdapterSpec, CheckOptions, Template};
 use loraguard::convert::OutType;

@@ -476,8 +476,8 @@ fn gguf_and_peft_inputs_fuse_in_gguf_layout() {
         let r = fuse(&mixed, &x, &opts, &|_, _| {}).unwrap();
         assert!(r.convert.is_none(), "written directly");
         fuse(&peft_only, &y, &opts, &|_, _| {}).unwrap();
-        let a = loraguard::analyze::source::AdapterSource::open(&x, None).unwrap();
-        let b = loraguard::analyze::source::AdapterSource::open(&y, None).unwrap();
+        let a = loraguard::adapter::AdapterSource::open(&x, None).unwrap();
+        let b = loraguard::adapter::AdapterSource::open(&y, None).unwrap();
         assert_eq!(a.modules().len(), 14);
         for m in a.modules() {
             let (p, q) = (a.load(&m).unwrap(), b.load(&m).unwrap());

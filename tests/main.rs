@@ -1,6 +1,7 @@
 //! loraguard's integration tests: one binary, one module per area.
 //! Tests that load llama.cpp share its once-initialised backend.
 
+mod adapter;
 mod alora;
 mod analyze;
 mod applied;

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use loraguard::analyze::source::AdapterSource;
+use loraguard::adapter::AdapterSource;
 use loraguard::convert::{convert, ConvertOptions, ConvertReport, OutType};
 use loraguard::linalg::lowrank::small_svd;
 use loraguard::linalg::truncate::{tail_error, Truncation};

@@ -196,8 +196,8 @@ fn gguf_output_goes_through_convert_and_loads_in_llama_cpp() {
     assert_eq!(conv.targets, 14);
     // The GGUF holds exactly the projected PEFT adapter, converted.
     let (plain_gguf, _) = convert_to(&peft_out, &tiny_base(), dir.path(), OutType::F32);
-    let a = loraguard::analyze::source::AdapterSource::open(&gguf_out, None).unwrap();
-    let b = loraguard::analyze::source::AdapterSource::open(&plain_gguf, None).unwrap();
+    let a = loraguard::adapter::AdapterSource::open(&gguf_out, None).unwrap();
+    let b = loraguard::adapter::AdapterSource::open(&plain_gguf, None).unwrap();
     for m in a.modules() {
         let (x, y) = (a.load(&m).unwrap(), b.load(&m).unwrap());
         assert!(
@@ -387,8 +387,8 @@ fn a_gguf_lora_input_gives_what_its_peft_source_gives() {
     }
     assert!(r2.modules.iter().any(|m| m.module == "blk.0.attn_q.weight"));
     // The same updates, module by module.
-    let x = loraguard::analyze::source::AdapterSource::open(&from_peft, None).unwrap();
-    let y = loraguard::analyze::source::AdapterSource::open(&from_gguf, None).unwrap();
+    let x = loraguard::adapter::AdapterSource::open(&from_peft, None).unwrap();
+    let y = loraguard::adapter::AdapterSource::open(&from_gguf, None).unwrap();
     for m in x.modules() {
         let (a, b) = (x.load(&m).unwrap(), y.load(&m).unwrap());
         let rel = a.difference_norm(&b).unwrap() / a.norm();

@@ -55,7 +55,7 @@ fn the_written_adapter_applies_what_the_runtime_scales_applied() {
 /// over every module of `one` (plus the largest entry of `one`). Every
 /// module of every part must be in `one`.
 fn dense_gap(one: &Path, parts: &[PathBuf]) -> (f64, f64) {
-    use loraguard::analyze::source::AdapterSource;
+    use loraguard::adapter::AdapterSource;
     let one = AdapterSource::open(one, None).unwrap();
     let parts: Vec<_> = parts
         .iter()
@@ -86,7 +86,7 @@ fn dense_gap(one: &Path, parts: &[PathBuf]) -> (f64, f64) {
 /// (compared as dense updates read back from both GGUF files).
 #[test]
 fn selective_written_equals_the_task_plus_the_selected_safety_modules() {
-    use loraguard::analyze::source::AdapterSource;
+    use loraguard::adapter::AdapterSource;
     use loraguard::fuse::Selection;
     let d = tempfile::tempdir().unwrap();
     let p = |n: &str| d.path().join(n);

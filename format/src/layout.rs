@@ -43,6 +43,17 @@ impl PairShape {
         })
     }
 
+    /// The ggml `ne` of `lora_a` and `lora_b` (the inverse of
+    /// [`PairShape::read`]).
+    pub fn factor_ne(&self) -> ([u64; 2], [u64; 2]) {
+        let b = [self.rank, self.d_out];
+        if self.embedding {
+            ([self.rank, self.d_in], b)
+        } else {
+            ([self.d_in, self.rank], b)
+        }
+    }
+
     /// The ggml `ne` of the base tensor this pair updates.
     pub fn base_ne(&self) -> [u64; 2] {
         if self.embedding {
@@ -78,6 +89,8 @@ mod tests {
         let emb = PairShape::read("token_embd.weight", &[8, 1000], &[8, 64]).unwrap();
         assert_eq!((emb.rank, emb.d_in, emb.d_out), (8, 1000, 64));
         assert_eq!(emb.base_ne(), [64, 1000]);
+        assert_eq!(lin.factor_ne(), ([64, 8], [8, 32]));
+        assert_eq!(emb.factor_ne(), ([8, 1000], [8, 64]));
         assert!(PairShape::read("blk.0.attn_q.weight", &[64, 8], &[4, 32]).is_none());
         assert!(PairShape::read("token_embd.weight", &[64, 8], &[8, 64]).is_none());
         assert!(PairShape::read("x", &[64], &[8, 64]).is_none());

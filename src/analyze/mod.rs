@@ -6,20 +6,19 @@
 
 pub mod plot;
 pub mod report;
-pub mod source;
 
 use std::path::{Path, PathBuf};
 
 use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
 
+use crate::adapter::{gguf_tensor_f32, AdapterSource};
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
 use crate::linalg::rsvd::{randomized_svd, RsvdOptions};
 use crate::linalg::subspace::{energy_fraction, orth, principal_cosines};
 use crate::linalg::LowRank;
 pub use report::{AgainstMeasures, AnalyzeReport, BaseMeasures, ModuleReport, Spectrum};
-use source::{gguf_tensor_f32, AdapterSource};
 
 /// Options for [`analyze`].
 #[derive(Debug, Clone)]
@@ -196,7 +195,7 @@ pub fn analyze(
     };
     // Analysis reads the LoRA pairs only: tensors outside them
     // (`modules_to_save`) do not stop it, and nothing is written.
-    let open = |p: &Path| AdapterSource::open_for(p, via, true, None).map(|(s, _)| s);
+    let open = |p: &Path| AdapterSource::open_for(p, via, true).map(|(s, _)| s);
     let src = open(adapter)?;
     let other = opts.against.as_deref().map(open).transpose()?;
     let base = match &opts.base {

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::analyze::source::AdapterSource;
+use crate::adapter::AdapterSource;
 use crate::error::{Error, Result};
 use loraguard_llama::{Model, ModelOptions, Session, SessionOptions};
 

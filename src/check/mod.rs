@@ -26,26 +26,7 @@ use crate::judge::Judge;
 use prompts::Prompt;
 use report::{AdapterRef, CheckReport, ResultRow, Settings, Summary};
 
-/// A `--lora PATH[:SCALE]` argument.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AdapterSpec {
-    pub path: PathBuf,
-    pub scale: f32,
-}
-
-impl AdapterSpec {
-    /// Parse `PATH[:SCALE]`. A suffix that is not a number belongs to the path.
-    pub fn parse(spec: &str) -> Result<AdapterSpec> {
-        let (path, scale) = crate::spec::path_and_number(spec);
-        let scale = scale.unwrap_or(1.0) as f32;
-        if !scale.is_finite() {
-            return Err(Error::Usage(format!(
-                "--lora {spec}: the scale must be finite"
-            )));
-        }
-        Ok(AdapterSpec { path, scale })
-    }
-}
+pub use crate::spec::AdapterSpec;
 
 /// How prompts become model input.
 #[derive(Debug, Clone, PartialEq)]

@@ -15,12 +15,14 @@ use crate::gguf::{GgmlType, GgufWriter, MetaValue, TensorDesc};
 use crate::peft::{PairKind, PeftAdapter};
 
 /// ggml `ne` of a target's `lora_a` and `lora_b` at rank `rank`.
-fn shapes(t: &Target, rank: usize) -> ([u64; 2], [u64; 2]) {
-    let (r, din, dout) = (rank as u64, t.d_in as u64, t.d_out as u64);
-    match t.kind {
-        PairKind::Linear => ([din, r], [r, dout]),
-        PairKind::Embedding => ([r, din], [r, dout]),
+pub(crate) fn shapes(t: &Target, rank: usize) -> ([u64; 2], [u64; 2]) {
+    crate::layout::PairShape {
+        embedding: t.kind == PairKind::Embedding,
+        rank: rank as u64,
+        d_in: t.d_in as u64,
+        d_out: t.d_out as u64,
     }
+    .factor_ne()
 }
 
 /// Tensor descriptors and the fallbacks they imply; `ranks[i]` is the rank

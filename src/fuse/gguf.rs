@@ -12,7 +12,7 @@ use super::{
     fuse_module, selective_threshold, FuseInput, FuseOptions, FuseReport, MergeParams, ModuleFuse,
     Term,
 };
-use crate::analyze::source::{refuse_alora, AdapterSource};
+use crate::adapter::{refuse_alora, AdapterSource};
 use crate::atomic::AtomicFile;
 use crate::convert::Fallback;
 use crate::error::{Error, Result};
@@ -76,33 +76,23 @@ pub fn fuse_gguf(
         .ok_or_else(|| Error::malformed(base, "GGUF", "no general.architecture"))?;
     let sources: Vec<AdapterSource> = inputs
         .iter()
-        .map(|i| Ok(AdapterSource::open_for(&i.path, Some(base), false, Some(out))?.0))
+        .map(|i| Ok(AdapterSource::open_for(&i.path, Some(base), false)?.0))
         .collect::<Result<_>>()?;
     for (s, i) in sources.iter().zip(inputs) {
         refuse_alora(s.is_alora(), &i.path, "fuse")?;
-        if let AdapterSource::Gguf { file, .. } = s {
-            if file.architecture() != Some(arch.as_str()) {
-                return Err(Error::Usage(format!(
-                    "{} is for {:?}, the base {} is {arch:?}",
-                    file.path.display(),
-                    file.architecture(),
-                    base.display()
-                )));
-            }
+        if s.architecture() != Some(arch.as_str()) {
+            return Err(Error::Usage(format!(
+                "{} is for {:?}, the base {} is {arch:?}",
+                s.path().display(),
+                s.architecture(),
+                base.display()
+            )));
         }
     }
     // svd's default rank: the largest input rank (each lora_b's ne[0]).
     let max_rank = sources
         .iter()
-        .filter_map(|s| match s {
-            AdapterSource::Gguf { file, .. } => file
-                .tensors
-                .iter()
-                .filter(|t| t.name.ends_with(".lora_b"))
-                .map(|t| t.ne[0] as usize)
-                .max(),
-            AdapterSource::Peft(_) => None,
-        })
+        .filter_map(AdapterSource::max_rank)
         .max()
         .unwrap_or(1);
     let params = &MergeParams {

@@ -37,7 +37,7 @@ use std::path::Path;
 use ndarray::Array2;
 use rayon::prelude::*;
 
-use crate::analyze::source::refuse_alora;
+use crate::adapter::refuse_alora;
 use crate::convert::convert_made;
 use crate::error::{Error, Result};
 use crate::peft::write::F32Tensor;

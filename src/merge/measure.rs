@@ -13,8 +13,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::check::AdapterSpec;
 use crate::error::{Error, Result};
+use crate::spec::AdapterSpec;
 use loraguard_llama::{Model, ModelOptions, Session, SessionOptions};
 
 /// The largest text sample read (bytes).

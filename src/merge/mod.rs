@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::analyze::source::AdapterSource;
+use crate::adapter::AdapterSource;
 use crate::atomic::AtomicFile;
 use crate::base::BaseModel;
 use crate::error::{Error, Result};
@@ -169,9 +169,8 @@ pub fn merge(
     let mut dropped = Vec::new();
     let mut sources: Vec<AdapterSource> = Vec::new();
     for i in inputs {
-        let (s, d) =
-            AdapterSource::open_for(&i.path, Some(model), opts.drop_unsupported, Some(out))?;
-        crate::analyze::source::refuse_alora(s.is_alora(), &i.path, "merge")?;
+        let (s, d) = AdapterSource::open_for(&i.path, Some(model), opts.drop_unsupported)?;
+        crate::adapter::refuse_alora(s.is_alora(), &i.path, "merge")?;
         dropped.extend(d.into_iter().map(|t| format!("{}: {t}", i.path.display())));
         sources.push(s);
     }

@@ -4,18 +4,13 @@
 use std::collections::BTreeMap;
 
 use super::shards::Shards;
-use crate::analyze::source::AdapterSource;
+use crate::adapter::AdapterSource;
 use crate::base::BaseModel;
 use crate::error::{Error, Result};
 
 /// The rows×cols of `module`'s update in a GGUF adapter, from its header.
 fn update_shape(src: &AdapterSource, module: &str) -> Option<(u64, u64)> {
-    let AdapterSource::Gguf { file, .. } = src else {
-        return None;
-    };
-    let a = file.tensor(&format!("{module}.lora_a"))?;
-    let b = file.tensor(&format!("{module}.lora_b"))?;
-    let [ne0, ne1] = crate::layout::PairShape::read(module, &a.ne, &b.ne)?.base_ne();
+    let [ne0, ne1] = src.pair_shape(module)?.base_ne();
     Some((ne1, ne0))
 }
 
@@ -29,14 +24,14 @@ pub(super) fn plan(
     let arch = base.arch.name;
     let mut targets: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, src) in sources.iter().enumerate() {
-        let AdapterSource::Gguf { file, .. } = src else {
+        if !src.is_gguf() {
             return Err(Error::Internal("adapters are opened in GGUF layout".into()));
-        };
-        if file.architecture() != Some(arch) {
+        }
+        if src.architecture() != Some(arch) {
             return Err(Error::Usage(format!(
                 "{} is a LoRA for {:?}, the base {} is {arch:?}",
-                file.path.display(),
-                file.architecture().unwrap_or("an unknown architecture"),
+                src.path().display(),
+                src.architecture().unwrap_or("an unknown architecture"),
                 base.path().display()
             )));
         }
@@ -62,7 +57,7 @@ pub(super) fn plan(
         }
         if !problems.is_empty() {
             return Err(Error::Mismatch {
-                adapter: file.path.clone(),
+                adapter: src.path(),
                 base: base.path().to_path_buf(),
                 problems,
             });
