@@ -70,7 +70,7 @@ NPP=$(( (ptok + NPL / 2) / NPL ))
 # Runs alternate between the runners, so drift in the machine's speed
 # (±5% here) hits all of them alike.
 ours_total=(); ours_tg=()
-declare -A tot tg
+declare -A tot tg failed
 for i in $(seq "$RUNS"); do
   line="$(./target/release/loraguard --threads "$THREADS" check --model "$MODEL" --prompts "$PROMPTS" \
     --max-tokens "$NTG" --ignore-eos --parallel "$NPL" 2>&1 >/dev/null | grep ' prompts: ')"
@@ -83,9 +83,12 @@ for i in $(seq "$RUNS"); do
   ours_total+=("$(python3 -c "print(($ptok + $gtok - $NPL) / $secs)")")
   ours_tg+=("$(python3 -c "print($gtok / $secs)")")
   for flavor in same-flags native; do
+    # A runner that crashes (the GGML_NATIVE=ON build segfaults on some
+    # CPUs here) is reported as such, not allowed to end the run.
     row="$("$B/build-$flavor/llama-batched-bench" -m "$MODEL" -c $((NPL * 256)) -b 2048 -ub 512 \
-      -npp "$NPP" -ntg "$NTG" -npl "$NPL" -t "$THREADS" -tb "$THREADS" 2>/dev/null | grep -E '^\|\s+[0-9]' | tail -1)"
-    echo "llama-batched-bench ($flavor): $row" >&2
+      -npp "$NPP" -ntg "$NTG" -npl "$NPL" -t "$THREADS" -tb "$THREADS" 2>/dev/null | grep -E '^\|\s+[0-9]' | tail -1 || true)"
+    echo "llama-batched-bench ($flavor): ${row:-crashed or printed no result}" >&2
+    [ -n "$row" ] || { failed[$flavor]=1; continue; }
     # | PP | TG | B | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s | T s | S t/s |
     tg[$flavor]+="$(echo "$row" | awk -F'|' '{gsub(/ /,"",$9); print $9}') "
     tot[$flavor]+="$(echo "$row" | awk -F'|' '{gsub(/ /,"",$11); print $11}') "
@@ -93,6 +96,7 @@ for i in $(seq "$RUNS"); do
 done
 declare -A ref_total ref_tg
 for flavor in same-flags native; do
+  [ -z "${failed[$flavor]:-}" ] || continue
   ref_total[$flavor]="$(printf '%s\n' ${tot[$flavor]} | median)"
   ref_tg[$flavor]="$(printf '%s\n' ${tg[$flavor]} | median)"
 done
@@ -105,12 +109,16 @@ echo "| runner | decoded tokens/s (prompts + generation) | loraguard / runner |"
 echo "|---|---:|---:|"
 printf '| loraguard check | %.1f | |\n' "$ot"
 for flavor in same-flags native; do
+  if [ -n "${failed[$flavor]:-}" ]; then
+    printf '| llama-batched-bench (%s) | crashed | |\n' "$flavor"
+    continue
+  fi
   printf '| llama-batched-bench (%s) | %.1f | %.0f%% |\n' "$flavor" "${ref_total[$flavor]}" \
     "$(python3 -c "print(100 * $ot / ${ref_total[$flavor]})")"
 done
 printf '\nloraguard generated %.1f tokens/s over the whole run (sampling, detokenizing and refusal matching included);\n' "$og"
-printf 'llama-batched-bench decodes random tokens and samples nothing (S_TG, generation phase only: same-flags %.1f, native %.1f).\n' \
-  "${ref_tg[same-flags]}" "${ref_tg[native]}"
+printf 'llama-batched-bench decodes random tokens and samples nothing (S_TG, generation phase only: same-flags %s, native %s).\n' \
+  "${ref_tg[same-flags]:-crashed}" "${ref_tg[native]:-crashed}"
 
 # A 500-prompt suite in CI: AdvBench's 520 harmful instructions (outside the
 # repository: ../shared/data/advbench), default settings but 64 in parallel.

@@ -83,6 +83,16 @@ pub fn refuse_alora(alora: bool, path: &Path, command: &str) -> Result<()> {
     })
 }
 
+/// A GGUF LoRA pair of rank 0: llama.cpp's scale alpha / rank is undefined.
+pub(crate) fn rank_zero(path: &std::path::Path, module: &str) -> Error {
+    Error::Shape {
+        path: path.to_path_buf(),
+        tensor: module.into(),
+        reason: "has rank 0 (lora_b has no rows): llama.cpp's scale alpha / rank is undefined"
+            .into(),
+    }
+}
+
 /// ΔW of a GGUF-layout pair as its factors, in the base weight's orientation
 /// (see [`AdapterSource::load`]), from the f32 values of `lora_a` (ggml `ne`
 /// `ne_a`) and `lora_b` (`ne_b`) in a file whose alpha is `alpha`.
@@ -99,8 +109,7 @@ fn gguf_pair(
         reason: format!("lora_a {ne_a:?} and lora_b {ne_b:?} do not pair"),
     })?;
     let r = shape.rank as usize;
-    let scale = gguf_scale(alpha, shape.rank)
-        .ok_or_else(|| crate::safelora::input::rank_zero(path, module))?;
+    let scale = gguf_scale(alpha, shape.rank).ok_or_else(|| rank_zero(path, module))?;
     let b = f64_matrix(shape.d_out as usize, r, &b);
     Ok(if shape.embedding {
         // lora_a holds Aᵀ (vocab × r): ΔE = Aᵀ·Bᵀ.

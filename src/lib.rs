@@ -33,6 +33,7 @@ pub mod inspect;
 pub mod judge;
 pub mod linalg;
 pub mod merge;
+pub mod projection;
 pub mod provenance;
 pub mod quant;
 pub mod safelora;

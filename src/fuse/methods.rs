@@ -9,7 +9,7 @@ use crate::linalg::rsvd::{randomized_svd, RsvdOptions};
 use crate::linalg::subspace::orth;
 use crate::linalg::truncate::{balanced, tail_error};
 use crate::linalg::LowRank;
-use crate::safelora::project::{selected, similarity, Alignment};
+use crate::projection::{selected, similarity, Alignment};
 
 /// One input's factors for a module: its update is weight·scale·B·A.
 #[derive(Debug, Clone, PartialEq)]

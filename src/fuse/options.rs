@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::convert::{ConvertOptions, OutType};
 use crate::error::{Error, Result};
-use crate::safelora::Selection;
+use crate::projection::Selection;
 
 use super::{Merge, Side, Weights};
 

@@ -259,7 +259,9 @@ pub fn merge(
             .collect()
     };
     std::thread::scope(|scope| -> Result<()> {
-        let (mut writer, wrote) = pipeline::spawn_writer(scope, &shards, file.writer(), out);
+        let syncer = file.background_sync()?;
+        let (mut writer, wrote) =
+            pipeline::spawn_writer(scope, &shards, file.writer(), syncer, out);
         let updates = pipeline::spawn_loader(scope, merged_names, load);
         let result = (|| -> Result<()> {
             written += head.len() as u64;

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use super::shards::Shards;
+use crate::atomic::BackgroundSync;
 use crate::error::{Error, Result};
 use crate::gguf::GgufTensor;
 
@@ -69,6 +70,7 @@ pub fn spawn_writer<'scope, 'a: 'scope>(
     scope: &'scope std::thread::Scope<'scope, '_>,
     shards: &'a Shards,
     mut w: BufWriter<&'a mut File>,
+    syncer: BackgroundSync,
     out: &'a Path,
 ) -> (
     Writer<'a>,
@@ -79,22 +81,13 @@ pub fn spawn_writer<'scope, 'a: 'scope>(
     let handle = scope.spawn(move || -> Result<()> {
         let mut chunk = Vec::new();
         let out_err = |e: std::io::Error| Error::io(out, e);
-        // A syncer thread flushes what is written so far (fdatasync on a
-        // second handle) while the writer goes on writing.
-        let handle = w.get_ref().try_clone().map_err(out_err)?;
-        let (sync_tx, sync_rx) = sync_channel::<()>(1);
-        let syncer = std::thread::spawn(move || -> std::io::Result<()> {
-            for () in sync_rx {
-                handle.sync_data()?;
-            }
-            Ok(())
-        });
+        // What is written so far goes to disk in the background while the
+        // writer goes on writing.
         let mut unsynced = 0u64;
         for piece in rx {
             if unsynced >= SYNC_EVERY {
                 w.flush().map_err(out_err)?;
-                // A sync still running takes this one's place.
-                let _ = sync_tx.try_send(());
+                syncer.poke();
                 unsynced = 0;
             }
             match piece {
@@ -116,11 +109,7 @@ pub fn spawn_writer<'scope, 'a: 'scope>(
                 }
             }
         }
-        drop(sync_tx);
-        syncer
-            .join()
-            .map_err(|_| Error::Internal("the output syncer panicked".into()))?
-            .map_err(out_err)?;
+        syncer.finish()?;
         w.flush().map_err(out_err)
     });
     (

@@ -89,7 +89,7 @@ impl GgufLora {
                 shape.d_out as usize,
             );
             if r == 0 {
-                return Err(rank_zero(&self.file.path, base));
+                return Err(crate::adapter::rank_zero(&self.file.path, base));
             }
             out.push(Module {
                 name: base.to_string(),
@@ -101,7 +101,7 @@ impl GgufLora {
                 d_out,
                 d_in,
                 scale: gguf_scale(alpha, r as u64)
-                    .ok_or_else(|| rank_zero(&self.file.path, base))?,
+                    .ok_or_else(|| crate::adapter::rank_zero(&self.file.path, base))?,
                 b_tensor: b_name,
                 place: Some(GgufPlace {
                     tensor: base.to_string(),
@@ -186,15 +186,5 @@ impl Input {
                 Ok((b, a))
             }
         }
-    }
-}
-
-/// A GGUF LoRA pair of rank 0: llama.cpp's scale alpha / rank is undefined.
-pub(crate) fn rank_zero(path: &std::path::Path, module: &str) -> Error {
-    Error::Shape {
-        path: path.to_path_buf(),
-        tensor: module.into(),
-        reason: "has rank 0 (lora_b has no rows): llama.cpp's scale alpha / rank is undefined"
-            .into(),
     }
 }

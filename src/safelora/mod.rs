@@ -19,7 +19,6 @@ pub mod input;
 mod models;
 mod module;
 pub mod output;
-pub mod project;
 pub mod weights;
 
 use std::collections::{BTreeMap, HashMap};
@@ -31,20 +30,12 @@ use serde::Serialize;
 
 use crate::convert::{convert_made, ConvertOptions, ConvertReport};
 use crate::error::{Error, Result};
+pub use crate::projection::Selection;
+use crate::projection::{selected, selection_threshold as threshold};
 use input::{Input, Module};
 use models::{gguf_input_models, gguf_places, open_models};
 use module::{compute, Computed};
-use project::{selected, selection_threshold as threshold};
 use weights::{Scratch, Weights};
-
-/// Which modules are projected.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Selection {
-    /// Those with similarity ≤ T (the reference's `threshold` mode; T = 0.5).
-    Threshold(f64),
-    /// The N least similar (the reference's `number` mode; N = 10).
-    TopN(usize),
-}
 
 /// What B is multiplied by.
 #[derive(Debug, Clone, Copy, PartialEq)]

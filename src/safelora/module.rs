@@ -4,12 +4,12 @@
 use ndarray::{Array2, ArrayView2};
 
 use super::input::{Input, Module};
-use super::project::{similarity, Alignment};
 use super::weights::{Op, Scratch, Weights};
 use super::{ModuleResult, Projection, SafeLoraOptions};
 use crate::error::{Error, Result};
 use crate::gguf::GgmlType;
 use crate::peft::PairKind;
+use crate::projection::{similarity, Alignment};
 
 /// One module's computed projection, before selection.
 pub(super) struct Computed {

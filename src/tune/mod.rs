@@ -34,7 +34,7 @@ use crate::convert::OutType;
 use crate::error::{Error, Result};
 use crate::fuse::weights::layer_of;
 use crate::fuse::{fuse, FuseInput, FuseOptions, Method, Selection, Weights};
-use crate::safelora::project::{selected, selection_threshold};
+use crate::projection::{selected, selection_threshold};
 use calibration::Calibration;
 pub use search::{Candidate, Constraints, Metrics, Scored};
 

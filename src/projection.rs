@@ -1,4 +1,7 @@
-//! The Safe LoRA projection of one module, in factored form.
+//! The Safe LoRA projection of one module, in factored form, and the
+//! similarity-based selection of modules that `safe-lora`, `fuse --method
+//! selective` and `tune` share (a module of its own, so that none of them
+//! imports another command's module).
 //!
 //! With V = W_aligned − W_base (d_out×d_in) and the paper's
 //! C = V·Vᵀ / ‖V‖_F (Frobenius norm, not squared, as in the authors' code),
@@ -9,10 +12,18 @@
 
 use ndarray::{s, Array2, ArrayView2};
 
-use super::Selection;
 use crate::error::{Error, Result};
 use crate::linalg::rsvd::{randomized_svd, RsvdOptions};
 use crate::linalg::LowRank;
+
+/// Which modules are projected.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Selection {
+    /// Those with similarity ≤ T (the reference's `threshold` mode; T = 0.5).
+    Threshold(f64),
+    /// The N least similar (the reference's `number` mode; N = 10).
+    TopN(usize),
+}
 
 /// V for one module, in the adapter's layout.
 #[derive(Debug, Clone)]
