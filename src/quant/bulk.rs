@@ -89,41 +89,38 @@ const MAGIC: f32 = 12_582_912.0;
 fn q8_0_blocks(
     n_blocks: usize,
     out: &mut Vec<u8>,
-    value: impl Fn(usize, &mut [f32; QK8_0]),
+    value: impl Fn(usize, &mut [f32; QK8_0]) -> u32,
 ) -> bool {
     let start = out.len();
     out.reserve(n_blocks * 34);
     let mut x = [[0f32; QK8_0]; GROUP];
     let mut d = [0f32; GROUP];
     let mut dh = [f16::ZERO; GROUP];
+    let mut bytes = [[0u8; 34]; GROUP];
     let mut first = 0;
     while first < n_blocks {
         let n = GROUP.min(n_blocks - first);
         for (k, (xs, dk)) in x.iter_mut().zip(&mut d).take(n).enumerate() {
-            value(first + k, xs);
-            // |x| as bits: ordered like the values for every non-NaN float.
-            let amax_bits = xs
-                .iter()
-                .fold(0u32, |m, v| m.max(v.to_bits() & 0x7fff_ffff));
-            *dk = f32::from_bits(amax_bits) / 127.0;
+            *dk = f32::from_bits(value(first + k, xs)) / 127.0;
         }
         dh[..n].convert_from_f32_slice(&d[..n]);
-        for ((xs, &dk), dhk) in x.iter().zip(&d).zip(&dh).take(n) {
+        for (((xs, &dk), dhk), o) in x.iter().zip(&d).zip(&dh).zip(&mut bytes).take(n) {
             let id = if dk != 0.0 { 1.0 / dk } else { 0.0 };
             if !dk.is_finite() {
                 out.truncate(start);
                 return false;
             }
+            let (od, oq) = o.split_at_mut(2);
             // A scale so small that 1/d overflows: the reference's own path
             // (saturating casts) decides.
             if !id.is_finite() {
                 let block = quantize_block_q8_0(xs);
-                out.extend_from_slice(&block.d);
-                out.extend(block.qs.iter().map(|q| *q as u8));
+                od.copy_from_slice(&block.d);
+                oq.iter_mut().zip(block.qs).for_each(|(o, q)| *o = q as u8);
                 continue;
             }
-            let mut qs = [0u8; QK8_0];
-            for (q, &v) in qs.iter_mut().zip(xs) {
+            od.copy_from_slice(&dhk.to_le_bytes());
+            for (q, &v) in oq.iter_mut().zip(xs) {
                 // |y| ≤ 127·(1 + 2⁻²³): round half away from zero, exactly
                 // as f32::round, from the nearest-even sum.
                 let y = v * id;
@@ -134,9 +131,8 @@ fn q8_0_blocks(
                 let down = i32::from((diff == -0.5) & (y < 0.0));
                 *q = (r + up - down) as u8;
             }
-            out.extend_from_slice(&dhk.to_le_bytes());
-            out.extend_from_slice(&qs);
         }
+        out.extend_from_slice(bytes[..n].as_flattened());
         first += n;
     }
     true
@@ -148,6 +144,10 @@ pub fn f32_to_q8_0(data: &[f32], out: &mut Vec<u8>) -> bool {
     data.len() % QK8_0 == 0
         && q8_0_blocks(data.len() / QK8_0, out, |i, xs| {
             xs.copy_from_slice(&data[i * QK8_0..(i + 1) * QK8_0]);
+            // |x| as bits: ordered like the values for every non-NaN float
+            // (a NaN's bits exceed every finite value's, so it is caught).
+            xs.iter()
+                .fold(0u32, |m, v| m.max(v.to_bits() & 0x7fff_ffff))
         })
 }
 
@@ -156,9 +156,16 @@ pub fn f32_to_q8_0(data: &[f32], out: &mut Vec<u8>) -> bool {
 pub fn bf16_to_q8_0(src: &[u16], out: &mut Vec<u8>) -> bool {
     src.len() % QK8_0 == 0
         && q8_0_blocks(src.len() / QK8_0, out, |i, xs| {
-            for (x, &b) in xs.iter_mut().zip(&src[i * QK8_0..(i + 1) * QK8_0]) {
+            let bits: &[u16; QK8_0] = src[i * QK8_0..(i + 1) * QK8_0]
+                .try_into()
+                .expect("a whole block");
+            for (x, &b) in xs.iter_mut().zip(bits) {
                 *x = f32::from_bits(u32::from(b) << 16);
             }
+            // The same max on the 16-bit words (SSE2's signed max: the
+            // masked words are below 2¹⁵).
+            let m = bits.iter().fold(0i16, |m, b| m.max((b & 0x7fff) as i16));
+            u32::from(m as u16) << 16
         })
 }
 
