@@ -1,7 +1,7 @@
 //! `loraguard analyze`: SVD subspace analysis of adapters, per module,
 //! without forming ΔW.
 //!
-//! - [`source`]: adapters (PEFT or GGUF) as low-rank modules;
+//! - [`crate::adapter`]: adapters (PEFT or GGUF) as low-rank modules;
 //! - [`report`]: the report and its table.
 
 pub mod plot;

@@ -6,7 +6,7 @@
 //! decimals, as the authors' code does) is at most the threshold gets
 //! B′ = C·B, A unchanged. `--top-n N` sets the threshold to the N-th smallest
 //! similarity, as the reference's `number` mode does (ties may project
-//! more). C is never formed (see [`project`]); modules are processed one per
+//! more). C is never formed (see [`crate::projection`]); modules are processed one per
 //! worker, each holding one dense V in a reusable buffer.
 //!
 //! The adapter is a PEFT directory (HF layout; V from GGUF models is brought
