@@ -14,11 +14,12 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 
 use crate::base::BaseModel;
-use crate::convert::{BufPool, Plan};
+use crate::convert::{BufPool, Plan, Target};
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufFile, GgufTensor};
 use crate::layout::{gguf_scale, PairShape};
 use crate::linalg::{f64_matrix, LowRank};
+use crate::matrix::SourceDtype;
 use crate::peft::{PairKind, PeftAdapter};
 
 /// Where an adapter's modules come from.
@@ -91,6 +92,11 @@ pub(crate) fn rank_zero(path: &std::path::Path, module: &str) -> Error {
         reason: "has rank 0 (lora_b has no rows): llama.cpp's scale alpha / rank is undefined"
             .into(),
     }
+}
+
+/// The plan's target for base tensor `module`.
+fn target<'p>(plan: &'p Plan, module: &str) -> Option<&'p Target> {
+    plan.targets.iter().find(|t| t.tensor == module)
 }
 
 /// ΔW of a GGUF-layout pair as its factors, in the base weight's orientation
@@ -237,13 +243,7 @@ impl AdapterSource {
                 PairShape::read(module, &a.ne, &b.ne)
             }
             AdapterSource::Converted { plan, .. } => {
-                let t = plan.targets.iter().find(|t| t.tensor == module)?;
-                Some(PairShape {
-                    embedding: t.kind == PairKind::Embedding,
-                    rank: t.rank as u64,
-                    d_in: t.d_in as u64,
-                    d_out: t.d_out as u64,
-                })
+                target(plan, module).map(|t| t.pair_shape(t.rank))
             }
             AdapterSource::Peft(_) => None,
         }
@@ -280,20 +280,16 @@ impl AdapterSource {
                 gguf_pair(&file.path, module, (&ta.ne, a), (&tb.ne, b), *alpha)
             }
             AdapterSource::Converted { adapter, plan, .. } => {
-                let t = plan
-                    .targets
-                    .iter()
-                    .find(|t| t.tensor == module)
+                let t = target(plan, module)
                     .ok_or_else(|| Error::Usage(format!("no module {module}")))?;
                 let pool = BufPool::default();
                 let (a, b) =
                     crate::convert::encode_target(adapter, t, GgmlType::F32, GgmlType::F32, &pool)?;
-                let (ne_a, ne_b) = crate::convert::factor_shapes(t, t.rank);
-                let f32s = |bytes: &[u8]| -> Vec<f32> {
-                    bytes
-                        .chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .collect()
+                let (ne_a, ne_b) = t.pair_shape(t.rank).factor_ne();
+                let f32s = |bytes: &[u8]| {
+                    let mut v = vec![0f32; bytes.len() / 4];
+                    crate::matrix::decode_into(SourceDtype::F32, bytes, &mut v);
+                    v
                 };
                 let alpha = Some(f64::from(plan.alpha));
                 gguf_pair(

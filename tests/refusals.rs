@@ -61,21 +61,33 @@ fn custom_adapter_b(
     extra: &[(&str, &str, [usize; 2], Vec<u8>)],
     config: &str,
 ) -> (tempfile::TempDir, PathBuf) {
+    custom_adapter_ab("F32", f32s(&[0.01; 128]), f32s(b), extra, config)
+}
+
+/// The v_proj adapter with `lora_A` (2×64) and `lora_B` (32×2) given as
+/// bytes of safetensors dtype `dtype`.
+fn custom_adapter_ab(
+    dtype: &str,
+    a: Vec<u8>,
+    b: Vec<u8>,
+    extra: &[(&str, &str, [usize; 2], Vec<u8>)],
+    config: &str,
+) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let ad = dir.path().join("adapter");
     std::fs::create_dir(&ad).unwrap();
     let mut tensors = vec![
         (
             "base_model.model.model.layers.0.self_attn.v_proj.lora_A.weight",
-            "F32",
+            dtype,
             [2, 64],
-            f32s(&[0.01; 128]),
+            a,
         ),
         (
             "base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight",
-            "F32",
+            dtype,
             [32, 2],
-            f32s(b),
+            b,
         ),
     ];
     tensors.extend(extra.iter().cloned());
@@ -265,28 +277,7 @@ fn bf16_nan_inf_and_overflow_are_refused_on_the_bulk_path() {
             .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
             .collect()
     };
-    let adapter = |a: &[f32], b: &[f32]| {
-        let dir = tempfile::tempdir().unwrap();
-        let ad = dir.path().join("adapter");
-        std::fs::create_dir(&ad).unwrap();
-        let tensors = [
-            (
-                "base_model.model.model.layers.0.self_attn.v_proj.lora_A.weight",
-                "BF16",
-                [2, 64],
-                bf16s(a),
-            ),
-            (
-                "base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight",
-                "BF16",
-                [32, 2],
-                bf16s(b),
-            ),
-        ];
-        std::fs::write(ad.join("adapter_model.safetensors"), safetensors(&tensors)).unwrap();
-        std::fs::write(ad.join("adapter_config.json"), CONFIG).unwrap();
-        (dir, ad)
-    };
+    let adapter = |a: &[f32], b: &[f32]| custom_adapter_ab("BF16", bf16s(a), bf16s(b), &[], CONFIG);
     let run = |ad: &Path, ty: OutType| {
         let out_dir = tempfile::tempdir().unwrap();
         let out = out_dir.path().join("out.gguf");

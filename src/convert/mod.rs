@@ -17,7 +17,6 @@ pub use encode::{encode_target, BufPool};
 pub(crate) use plan::unsupported_error;
 pub use plan::{effective_b_factor, plan, Plan, Target, TargetPart};
 pub use refactor::ModuleStats;
-pub(crate) use write::shapes as factor_shapes;
 pub use write::write_gguf;
 
 use crate::base::BaseModel;

@@ -39,6 +39,18 @@ pub struct Target {
     pub parts: Vec<TargetPart>,
 }
 
+impl Target {
+    /// The GGUF LoRA pair's geometry when written at rank `rank`.
+    pub fn pair_shape(&self, rank: usize) -> crate::layout::PairShape {
+        crate::layout::PairShape {
+            embedding: self.kind == PairKind::Embedding,
+            rank: rank as u64,
+            d_in: self.d_in as u64,
+            d_out: self.d_out as u64,
+        }
+    }
+}
+
 /// What the conversion will do.
 #[derive(Debug, Clone)]
 pub struct Plan {

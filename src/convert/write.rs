@@ -12,18 +12,7 @@ use crate::atomic::AtomicFile;
 use crate::base::BaseModel;
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufWriter, MetaValue, TensorDesc};
-use crate::peft::{PairKind, PeftAdapter};
-
-/// ggml `ne` of a target's `lora_a` and `lora_b` at rank `rank`.
-pub(crate) fn shapes(t: &Target, rank: usize) -> ([u64; 2], [u64; 2]) {
-    crate::layout::PairShape {
-        embedding: t.kind == PairKind::Embedding,
-        rank: rank as u64,
-        d_in: t.d_in as u64,
-        d_out: t.d_out as u64,
-    }
-    .factor_ne()
-}
+use crate::peft::PeftAdapter;
 
 /// Tensor descriptors and the fallbacks they imply; `ranks[i]` is the rank
 /// target i is written at.
@@ -36,7 +25,7 @@ fn descriptors(
     let mut descs = Vec::with_capacity(plan.targets.len() * 2);
     let mut fallbacks = Vec::new();
     for (t, rank) in plan.targets.iter().zip(ranks) {
-        let (ne_a, ne_b) = shapes(t, *rank);
+        let (ne_a, ne_b) = t.pair_shape(*rank).factor_ne();
         let over = match f32_beyond_f16 {
             Some(a) if outtype == GgmlType::F16 => super::encode::beyond_f16(a, t),
             _ => (false, false),

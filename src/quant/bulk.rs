@@ -31,7 +31,7 @@ fn in_f16_normal_range(b: u16) -> bool {
 /// beyond F16's range (±65504) or not finite.
 fn bf16_to_f16_one(b: u16) -> Option<u16> {
     let v = f32::from_bits(u32::from(b) << 16);
-    (v.abs() <= 65504.0).then(|| f16::from_f32(v).to_bits())
+    super::fits_f16(std::slice::from_ref(&v)).then(|| f16::from_f32(v).to_bits())
 }
 
 /// Append BF16 values (as bits) converted to F16 to `out`, little-endian;
