@@ -42,25 +42,28 @@ pub enum AdapterSource {
     Peft(PeftAdapter),
 }
 
-/// Decode a GGUF tensor (any ggml type) into f32 with ggml's own to_float.
-pub fn gguf_tensor_f32(path: &Path, map: &[u8], t: &GgufTensor) -> Result<Vec<f32>> {
-    let n: u64 = t.ne.iter().product();
+/// The bytes of GGUF tensor `t` in `map`, the contents of the file `path`.
+pub fn gguf_tensor_bytes<'m>(path: &Path, map: &'m [u8], t: &GgufTensor) -> Result<&'m [u8]> {
     let end = t
         .offset
         .checked_add(t.size)
         .filter(|&e| e <= map.len() as u64);
-    let bytes = end
-        .map(|e| &map[t.offset as usize..e as usize])
+    end.map(|e| &map[t.offset as usize..e as usize])
         .ok_or_else(|| {
             Error::malformed(
                 path,
                 "GGUF",
                 format!("tensor {} lies outside the file", t.name),
             )
-        })?;
+        })
+}
+
+/// Decode a GGUF tensor (any ggml type) into f32 with ggml's own to_float.
+pub fn gguf_tensor_f32(path: &Path, map: &[u8], t: &GgufTensor) -> Result<Vec<f32>> {
+    let n: u64 = t.ne.iter().product();
     Ok(loraguard_llama::ggml::dequantize(
         t.ty.id(),
-        bytes,
+        gguf_tensor_bytes(path, map, t)?,
         n as usize,
     )?)
 }
@@ -195,6 +198,25 @@ impl AdapterSource {
         Ok(AdapterSource::Gguf { file, map, alpha })
     }
 
+    /// A GGUF LoRA's header and bytes (the file mapped), for a command that
+    /// rewrites some of its tensors and copies the rest.
+    pub fn gguf(&self) -> Option<(&GgufFile, &[u8])> {
+        match self {
+            AdapterSource::Gguf { file, map, .. } => Some((file, map)),
+            _ => None,
+        }
+    }
+
+    /// `adapter.lora.alpha` of a GGUF LoRA, or the plan's alpha for a
+    /// converted PEFT adapter; `None` when absent (llama.cpp then scales by 1).
+    pub fn alpha(&self) -> Option<f64> {
+        match self {
+            AdapterSource::Gguf { alpha, .. } => *alpha,
+            AdapterSource::Converted { plan, .. } => Some(f64::from(plan.alpha)),
+            AdapterSource::Peft(_) => None,
+        }
+    }
+
     /// True for GGUF names and layout.
     pub fn is_gguf(&self) -> bool {
         !matches!(self, AdapterSource::Peft(_))
@@ -291,13 +313,12 @@ impl AdapterSource {
                     crate::matrix::decode_into(SourceDtype::F32, bytes, &mut v);
                     v
                 };
-                let alpha = Some(f64::from(plan.alpha));
                 gguf_pair(
                     &adapter.weights_path,
                     module,
                     (&ne_a, f32s(&a)),
                     (&ne_b, f32s(&b)),
-                    alpha,
+                    self.alpha(),
                 )
             }
             AdapterSource::Peft(p) => {

@@ -28,11 +28,12 @@ use rayon::prelude::*;
 use regex::Regex;
 use serde::Serialize;
 
+use crate::adapter::AdapterSource;
 use crate::convert::{convert_made, ConvertOptions, ConvertReport};
 use crate::error::{Error, Result};
 pub use crate::projection::Selection;
 use crate::projection::{selected, selection_threshold as threshold};
-use input::{Input, Module};
+use input::Module;
 use models::{gguf_input_models, gguf_places, open_models};
 use module::{compute, Computed};
 use weights::{Scratch, Weights};
@@ -152,19 +153,19 @@ pub fn safe_lora(
     if !to_gguf {
         output::check_output_dir(out)?;
     }
-    let input = Input::open(adapter_path)?;
+    let input = input::open(adapter_path)?;
     let (base, aligned) = open_models(opts)?;
-    let mut all = input.modules()?;
+    let mut all = input::modules(&input)?;
     let gguf_model = match &input {
-        Input::Peft(adapter) => {
+        AdapterSource::Peft(adapter) => {
             let (model, places) = gguf_places(adapter, &base, &aligned)?;
             for m in &mut all {
                 m.place = places.get(&m.name).cloned();
             }
             model
         }
-        Input::Gguf(lora) => {
-            gguf_input_models(lora, &base, &aligned)?;
+        AdapterSource::Gguf { file, .. } => {
+            gguf_input_models(file, &base, &aligned)?;
             if !to_gguf {
                 return Err(Error::Usage(format!(
                     "-o {}: a GGUF LoRA input is written back as a GGUF LoRA; name a .gguf output",
@@ -172,6 +173,11 @@ pub fn safe_lora(
                 )));
             }
             Some(base.path().to_path_buf())
+        }
+        AdapterSource::Converted { .. } => {
+            return Err(Error::Internal(
+                "safe-lora opened a converted adapter".into(),
+            ))
         }
     };
     if to_gguf && gguf_model.is_none() {
@@ -265,14 +271,14 @@ pub fn safe_lora(
     let transform = format!("safe_lora({projection}, similarity <= {tau})");
     let mut convert_report = None;
     match &input {
-        Input::Gguf(lora) => {
-            for t in output::write_gguf_lora(lora, &replaced, &transform, out)? {
+        AdapterSource::Gguf { file, map, .. } => {
+            for t in output::write_gguf_lora((file, map), &replaced, &transform, out)? {
                 warnings.push(format!(
                     "written as F32 (loraguard does not encode its type): {t}"
                 ));
             }
         }
-        Input::Peft(adapter) => {
+        AdapterSource::Peft(adapter) => {
             let mut meta = BTreeMap::new();
             for (k, v) in crate::provenance::pairs() {
                 meta.insert(k.into(), v);
@@ -296,6 +302,11 @@ pub fn safe_lora(
                 }
                 None => output::write_peft_dir(adapter, &replaced, &meta, out)?,
             }
+        }
+        AdapterSource::Converted { .. } => {
+            return Err(Error::Internal(
+                "safe-lora opened a converted adapter".into(),
+            ))
         }
     }
     let projected = ok.iter().filter(|c| c.result.projected).count();

@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use super::input::GgufLora;
 use super::weights::{GgufPlace, Weights};
 use super::SafeLoraOptions;
 use crate::base::BaseModel;
 use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
 use crate::peft::PeftAdapter;
 
 /// Base and aligned weights; the base must be model weights.
@@ -71,8 +71,8 @@ pub(super) fn gguf_places(
 
 /// A GGUF LoRA is in GGUF layout: V must come from GGUF models of the
 /// adapter's architecture.
-pub(super) fn gguf_input_models(lora: &GgufLora, base: &Weights, aligned: &Weights) -> Result<()> {
-    let arch = lora.file.architecture();
+pub(super) fn gguf_input_models(lora: &GgufFile, base: &Weights, aligned: &Weights) -> Result<()> {
+    let arch = lora.architecture();
     for (w, role) in [(base, "--base"), (aligned, "--aligned")] {
         let Weights::Gguf { file, .. } = w else {
             return Err(Error::Usage(format!(
@@ -86,7 +86,7 @@ pub(super) fn gguf_input_models(lora: &GgufLora, base: &Weights, aligned: &Weigh
                 "{role} {} is {:?}, the adapter {} is for {:?}",
                 file.path.display(),
                 file.architecture(),
-                lora.file.path.display(),
+                lora.path.display(),
                 arch
             )));
         }

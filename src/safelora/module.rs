@@ -3,9 +3,10 @@
 
 use ndarray::{Array2, ArrayView2};
 
-use super::input::{Input, Module};
+use super::input::{factors, Module};
 use super::weights::{Op, Scratch, Weights};
 use super::{ModuleResult, Projection, SafeLoraOptions};
+use crate::adapter::AdapterSource;
 use crate::error::{Error, Result};
 use crate::gguf::GgmlType;
 use crate::peft::PairKind;
@@ -32,7 +33,7 @@ fn quantization_error(data: &[f32], cols: usize, ty: GgmlType) -> Result<f64> {
 
 /// Compute one module: V, the projected B, the similarity.
 pub(super) fn compute(
-    input: &Input,
+    input: &AdapterSource,
     module: &Module,
     base: &Weights,
     aligned: &Weights,
@@ -103,7 +104,7 @@ pub(super) fn compute(
              alignment direction to project onto"
         )));
     }
-    let (b, a) = input.factors(module)?;
+    let (b, a) = factors(input, module)?;
     if b.iter().chain(a.iter()).any(|x| !x.is_finite()) {
         return Err(Error::NonFinite {
             path: input.path(),

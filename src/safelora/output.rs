@@ -10,8 +10,6 @@ use safetensors::tensor::{Dtype, SafeTensors, View};
 
 use std::io::Write;
 
-use super::input::GgufLora;
-use super::weights::read_at;
 use crate::atomic::{write_dir_atomic, AtomicFile};
 use crate::capped::read_capped;
 use crate::error::{Error, Result};
@@ -143,21 +141,21 @@ fn lora_metadata(src: &GgufFile, transform: &str) -> Vec<(String, MetaValue)> {
     out
 }
 
-/// Write the GGUF LoRA `src` to `out` (atomically) with the `lora_b`
+/// Write the GGUF LoRA `src` (its header and bytes) to `out` (atomically) with the `lora_b`
 /// tensors named in `replaced` swapped for the given matrices (one row per `ne[1]`),
 /// encoded in their original type when loraguard encodes it (F32, F16, BF16,
 /// Q8_0), else in F32. Returns the tensors written in another type.
 pub fn write_gguf_lora(
-    src: &GgufLora,
+    (src, bytes): (&GgufFile, &[u8]),
     replaced: &HashMap<String, Array2<f32>>,
     transform: &str,
     out: &Path,
 ) -> Result<Vec<String>> {
-    let meta = lora_metadata(&src.file, transform);
+    let meta = lora_metadata(src, transform);
     let mut descs = Vec::new();
     let mut payloads: Vec<Option<Vec<u8>>> = Vec::new();
     let mut changed = Vec::new();
-    for t in &src.file.tensors {
+    for t in &src.tensors {
         match replaced.get(&t.name) {
             None => {
                 descs.push(TensorDesc {
@@ -195,12 +193,13 @@ pub fn write_gguf_lora(
     let mut file = AtomicFile::create(out)?;
     {
         let mut w = GgufWriter::start(file.writer(), &meta, descs).map_err(io)?;
-        for (t, p) in src.file.tensors.iter().zip(payloads) {
-            let bytes = match p {
-                Some(b) => b,
-                None => read_at(&src.reader, &src.file.path, t.offset, t.size)?,
-            };
-            w.write_tensor(&bytes).map_err(io)?;
+        for (t, p) in src.tensors.iter().zip(payloads) {
+            match p {
+                Some(b) => w.write_tensor(&b).map_err(io)?,
+                None => w
+                    .write_tensor(crate::adapter::gguf_tensor_bytes(&src.path, bytes, t)?)
+                    .map_err(io)?,
+            }
         }
         let mut inner = w.finish().map_err(io)?;
         inner.flush().map_err(io)?;
