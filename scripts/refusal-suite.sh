@@ -95,6 +95,11 @@ echo "== tune: the eroded case (the eroding fine-tune over base + safety merged)
 resume "$OUT/eroded-tune-report.json" || "$LG" tune --base "$MODEL" --base-lora "$OUT/safety.gguf" --task "$FIX/eroding-lora" \
   --safety "$FIX/safety-lora" --calibration "$CALIBRATION" -o "$OUT/eroded-tuned.gguf" \
   --report "$OUT/eroded-tune-report.json" --plot "$OUT/eroded-tune-frontier.svg" $TUNE_ARGS
+echo "== tune: the eroded case with the eroded patch (the safety recipe trained on top of base + safety + eroding)"
+# shellcheck disable=SC2086
+resume "$OUT/eroded-patch-tune-report.json" || "$LG" tune --base "$MODEL" --base-lora "$OUT/safety.gguf" --task "$FIX/eroding-lora" \
+  --safety "$FIX/eroded-patch-lora" --calibration "$CALIBRATION" -o "$OUT/eroded-patch-tuned.gguf" \
+  --report "$OUT/eroded-patch-tune-report.json" --plot "$OUT/eroded-patch-tune-frontier.svg" $TUNE_ARGS
 spec() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(' '.join(f.rsplit('/',1)[-1] for f in r['fuse']), r['fuse_method'])" "$1"; }
 
 echo "== safe-lora: eroding, base, aligned = base + safety"
@@ -156,6 +161,8 @@ run eroded-tuned "base + safety merged + tune(eroding): $(spec "$OUT/eroded-tune
   --lora "$OUT/safety.gguf" --lora "$OUT/eroded-tuned.gguf"
 run eroded-patch "base + safety merged + eroding + eroded patch (runtime sum)" - \
   --lora "$OUT/safety.gguf" --lora "$OUT/eroding.gguf" --lora "$OUT/eroded-patch.gguf"
+run eroded-patch-tuned "base + safety merged + tune(eroding, eroded patch): $(spec "$OUT/eroded-patch-tune-report.json")" - \
+  --lora "$OUT/safety.gguf" --lora "$OUT/eroded-patch-tuned.gguf"
 run safe-lora "base + safety merged + safe-lora(eroding; $SAFE_LORA_ARGS)" - \
   --lora "$OUT/safety.gguf" --lora "$OUT/safe-lora.gguf"
 run safe-lora-partial "base + safety merged + safe-lora(eroding; $SAFE_LORA_PARTIAL)" - \
@@ -174,6 +181,8 @@ run_hs eroded "base + safety merged + eroding" --lora "$OUT/safety.gguf" --lora 
 run_hs eroded-tuned "base + safety merged + tune(eroding)" --lora "$OUT/safety.gguf" --lora "$OUT/eroded-tuned.gguf"
 run_hs eroded-patch "base + safety merged + eroding + eroded patch (runtime sum)" \
   --lora "$OUT/safety.gguf" --lora "$OUT/eroding.gguf" --lora "$OUT/eroded-patch.gguf"
+run_hs eroded-patch-tuned "base + safety merged + tune(eroding, eroded patch)" \
+  --lora "$OUT/safety.gguf" --lora "$OUT/eroded-patch-tuned.gguf"
 echo "${configs}]" > "$OUT/configs.json"
 
 echo "== diff"
@@ -189,6 +198,7 @@ if [ "${1:-}" = "--docs" ]; then
   cp "$OUT/tune-frontier.svg" docs/tune-frontier.svg
   cp "$OUT/eroded-tune-frontier.svg" docs/eroded-tune-frontier.svg
   cp "$OUT/patch-tune-frontier.svg" docs/patch-tune-frontier.svg
+  cp "$OUT/eroded-patch-tune-frontier.svg" docs/eroded-patch-tune-frontier.svg
 else
   python3 scripts/suite_table.py "$OUT"
   target/release/examples/suite-plot "$OUT/results.json" "$OUT/sweep.svg"
