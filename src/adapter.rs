@@ -198,15 +198,6 @@ impl AdapterSource {
         Ok(AdapterSource::Gguf { file, map, alpha })
     }
 
-    /// A GGUF LoRA's header and bytes (the file mapped), for a command that
-    /// rewrites some of its tensors and copies the rest.
-    pub fn gguf(&self) -> Option<(&GgufFile, &[u8])> {
-        match self {
-            AdapterSource::Gguf { file, map, .. } => Some((file, map)),
-            _ => None,
-        }
-    }
-
     /// `adapter.lora.alpha` of a GGUF LoRA, or the plan's alpha for a
     /// converted PEFT adapter; `None` when absent (llama.cpp then scales by 1).
     pub fn alpha(&self) -> Option<f64> {
